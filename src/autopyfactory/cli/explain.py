@@ -1,0 +1,50 @@
+"""``apf explain QUEUE``: the last decisions of a queue, every step with its reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+
+from autopyfactory.cli._common import add_conf, load_or_report
+from autopyfactory.plugins.base import did_you_mean
+from autopyfactory.store.api import Store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("explain", help="show a queue's recent decisions and why")
+    parser.add_argument("queue")
+    add_conf(parser)
+    parser.add_argument("-n", "--last", type=int, default=5, help="how many decisions (default 5)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_or_report(args.conf)
+    if config is None:
+        return 1
+    if args.queue not in config.queues:
+        print(f"apf explain: no queue {args.queue!r}{did_you_mean(args.queue, list(config.queues))}")
+        return 2
+    store = Store(config.settings.database_url())
+    rows = store.decisions(config.factory_id, args.queue, args.last)
+    events = store.events(config.factory_id, args.queue, limit=args.last)
+    store.close()
+    if args.json:
+        print(json.dumps({"queue": args.queue, "decisions": rows, "events": events}, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.queue}: no decisions recorded yet")
+    for row in rows:
+        when = datetime.fromtimestamp(row["time"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        dry = " (dry run)" if row["dry_run"] else ""
+        print(
+            f"{when}{dry}: n = {row['n']}  (ready={row['ready']}, pending={row['pending']}, running={row['running']}, binding={row['binding']})"
+        )
+        for step in row["steps"]:
+            print(f"    {step['plugin']:<14} {step['in']:>6} -> {step['out']:<6} {step['reason']}")
+    for event in events:
+        when = datetime.fromtimestamp(event["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"event {when} {event['kind']}: {event['message']}")
+    return 0

@@ -1,0 +1,23 @@
+"""MaxPerCycle: submit at most ``maximum`` pilots per cycle."""
+
+from __future__ import annotations
+
+from autopyfactory.decide.base import SchedContext, SchedPlugin
+from autopyfactory.plugins.base import PluginOptions
+
+
+class MaxPerCycle(SchedPlugin):
+    name = "MaxPerCycle"
+
+    class Options(PluginOptions):
+        maximum: int | None = None
+
+    options: Options
+
+    def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
+        maximum = self.options.maximum
+        if maximum is None:
+            return n, f"no maximum set: {n} unchanged"
+        if n > maximum:
+            return maximum, f"{n} > maximum={maximum} -> {maximum}"
+        return n, f"{n} <= maximum={maximum}: unchanged"

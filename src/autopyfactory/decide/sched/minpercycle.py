@@ -1,0 +1,23 @@
+"""MinPerCycle: at least ``minimum`` per cycle (a negative minimum bounds the scale-down)."""
+
+from __future__ import annotations
+
+from autopyfactory.decide.base import SchedContext, SchedPlugin
+from autopyfactory.plugins.base import PluginOptions
+
+
+class MinPerCycle(SchedPlugin):
+    name = "MinPerCycle"
+
+    class Options(PluginOptions):
+        minimum: int | None = None
+
+    options: Options
+
+    def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
+        minimum = self.options.minimum
+        if minimum is None:
+            return n, f"no minimum set: {n} unchanged"
+        if n < minimum:
+            return minimum, f"{n} < minimum={minimum} -> {minimum}"
+        return n, f"{n} >= minimum={minimum}: unchanged"

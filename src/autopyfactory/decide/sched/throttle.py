@@ -1,0 +1,38 @@
+"""Throttle: back off to a trickle when most recent pilots die young (a broken site)."""
+
+from __future__ import annotations
+
+from autopyfactory.decide.base import SchedContext, SchedPlugin
+from autopyfactory.plugins.base import PluginOptions
+
+
+class Throttle(SchedPlugin):
+    """If more than ``ratio`` of the pilots started in the last ``interval`` seconds ran less than
+    ``maxtime`` seconds, give ``submit``; else n. The engine counts them into ``ctx.history``
+    using ``interval`` and ``maxtime``."""
+
+    name = "Throttle"
+
+    class Options(PluginOptions):
+        interval: int = 3600
+        maxtime: int = 10
+        ratio: float = 0.5
+        submit: int = 1
+
+    options: Options
+
+    def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
+        history = ctx.history
+        if history is None:
+            return n, f"no pilot history: {n} unchanged"
+        opts = self.options
+        if history.total == 0:
+            return n, f"no pilots started in the last {opts.interval} s: {n} unchanged"
+        frac = history.short / history.total
+        counts = (
+            f"{history.short} of {history.total} pilots ran < {opts.maxtime} s "
+            f"({frac:.2f}, ratio={opts.ratio!r})"
+        )
+        if frac > opts.ratio:
+            return opts.submit, f"{counts} -> submit={opts.submit}"
+        return n, f"{counts}: {n} unchanged"

@@ -1,0 +1,34 @@
+"""WeightedActivated: Ready with weights on demand and pending (APF's plugin, working)."""
+
+from __future__ import annotations
+
+from autopyfactory.decide.base import SchedContext, SchedPlugin
+from autopyfactory.decide.sched._common import NO_BATCH, NO_WMS, pending
+from autopyfactory.plugins.base import PluginOptions
+
+
+class WeightedActivated(SchedPlugin):
+    """``max(0, int(A * activated) - int(P * pending))``; a source plugin."""
+
+    name = "WeightedActivated"
+
+    class Options(PluginOptions):
+        activated: float = 1.0
+        pending: float = 1.0
+
+    options: Options
+
+    def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
+        if ctx.demand is None:
+            return 0, f"{NO_WMS}: 0"
+        if ctx.supply is None:
+            return 0, f"{NO_BATCH}: 0"
+        a = ctx.demand.ready
+        p = pending(ctx.supply)
+        wa, wp = self.options.activated, self.options.pending
+        raw = int(a * wa) - int(p * wp)
+        out = max(0, raw)
+        reason = f"int(ready={a} * {wa!r}) - int(pending={p} * {wp!r}) = {raw}"
+        if out != raw:
+            reason += " -> 0"
+        return out, reason

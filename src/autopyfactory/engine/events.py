@@ -1,0 +1,34 @@
+"""Observers of the engine: monitors, metrics and alerts subscribe here.
+
+The engine calls these hooks synchronously from its own threads; an observer must return
+quickly and never raise into the engine (slow work goes to the observer's own thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autopyfactory.model import Demand, Pilot, Plan, Supply
+
+
+class Observer:
+    def on_start(self, factory_id: str, queues: Sequence[str]) -> None:
+        pass
+
+    def on_poll(self, endpoint: str, kind: str, ok: bool, time: float, error: str | None) -> None:
+        """A poller finished a poll (kind is 'wmsstatus' or 'batchstatus')."""
+
+    def on_decision(self, plan: Plan, demand: Demand | None, supply: Supply | None) -> None:
+        pass
+
+    def on_submitted(self, queue: str, pilots: Sequence[Pilot]) -> None:
+        pass
+
+    def on_action_failed(self, queue: str, target: str, error: str) -> None:
+        pass
+
+    def on_cycle(self, duration: float, queues_decided: int, now: float) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass

@@ -1,0 +1,811 @@
+"""The factory: observe (pollers), decide (pure chains), act (executor), report (store, observers).
+
+Two ways to drive it, sharing all the logic:
+- ``run()``: the daemon. One poller thread per endpoint, one decision loop woken by new snapshots
+  and by each queue's interval, and a bounded action pool serialised per target.
+- ``step(now)``: one synchronous cycle (poll, decide, act) — ``apf run --once``, the simulator on
+  a virtual clock, and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autopyfactory.config.models import FactoryConfig, QueueConfig
+from autopyfactory.decide.base import SchedContext, SchedPlugin, run_chain
+from autopyfactory.decide.retire import select_for_retire
+from autopyfactory.decide.supply import aggregate
+from autopyfactory.engine.events import Observer
+from autopyfactory.engine.executor import Executor
+from autopyfactory.engine.pollers import Poller, PollerThread
+from autopyfactory.model import (
+    Action,
+    BatchSnapshot,
+    Cancel,
+    Decision,
+    Demand,
+    Pilot,
+    PilotState,
+    PilotTags,
+    Plan,
+    Retire,
+    Step,
+    Submit,
+    Supply,
+    ThrottleHistory,
+    WmsSnapshot,
+)
+from autopyfactory.plugins.base import (
+    BackendError,
+    BatchStatusPlugin,
+    BatchSubmitPlugin,
+    FactoryContext,
+    MonitorPlugin,
+    WmsStatusPlugin,
+)
+from autopyfactory.store.api import Store
+
+log = logging.getLogger("autopyfactory.factory")
+
+# Fault injection for crash-safety tests (APF_FAULT=crash-after-submit); unset in production.
+_FAULT = os.environ.get("APF_FAULT", "")
+
+DEFAULT_INTERVAL = 60.0
+DEFAULT_MAXAGE = 360.0
+
+
+@dataclass
+class QueueRuntime:
+    config: QueueConfig
+    sched: list[SchedPlugin]
+    batch_poller: Poller
+    wms_poller: Poller | None
+    submitter: BatchSubmitPlugin | None
+    error: str | None = None
+    monitors: list[MonitorPlugin] = field(default_factory=list)
+    decided_once: bool = False
+    last_batch_time: float | None = None
+    last_wms_time: float | None = None
+    last_ready: int | None = None
+    last_action_done: float = 0.0
+    next_due: float = 0.0
+    decisions: int = 0
+    inflight: int = 0
+    last: Decision | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def wmsqueue(self) -> str:
+        return self.config.wmsqueue or self.config.name
+
+
+@dataclass
+class TargetState:
+    failures: int = 0
+    until: float = 0.0
+    error: str | None = None
+
+
+class Factory:
+    def __init__(
+        self,
+        config: FactoryConfig,
+        *,
+        store: Store | None = None,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        observers: Iterable[Observer] = (),
+    ) -> None:
+        self.config = config
+        self.factory_id = config.factory_id
+        self.dry_run = dry_run
+        self.clock = clock
+        self.store = store or Store(config.settings.database_url())
+        self.observers: list[Observer] = list(observers)
+        self.executor = Executor(config.settings.executor_workers)
+        self.ctx = self._context(config)
+        self.started_at = clock()
+        self.pollers: dict[Hashable, Poller] = {}
+        self.queues: dict[str, QueueRuntime] = {}
+        self.monitors: dict[str, MonitorPlugin] = {}
+        self.targets: dict[str, TargetState] = defaultdict(TargetState)
+        self._pilots: dict[str, list[Pilot]] = {}
+        self._supply: dict[int, tuple[float, dict[str, Supply], int]] = {}
+        self._known: dict[tuple[str, str], Pilot] = {}
+        self._absorbed: dict[int, float] = {}
+        self._adopted: set[int] = set()
+        self._my_intents: set[str] = set()
+        self._lock = threading.RLock()
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: dict[int, PollerThread] = {}
+        self._inline = True  # actions run inline until the daemon starts its executor threads
+        self._reload_requests: list[Callable[[], FactoryConfig | None]] = []
+        self.cycles_done = 0
+        self._build(config)
+
+    # -- construction ---------------------------------------------------------------------------
+    def _context(self, config: FactoryConfig) -> FactoryContext:
+        urls = [m.monitorURL for m in config.monitors.values() if m.monitorURL]
+        return FactoryContext(
+            factory_id=config.factory_id,
+            settings=config.settings,
+            auth_profiles=dict(config.auth),
+            state_dir=config.settings.state_path,
+            monitor_url=urls[0] if len(urls) == 1 else None,
+        )
+
+    def _running_for(self, wmsqueue: str) -> int:
+        total = 0
+        for rt in list(self.queues.values()):
+            snap = rt.batch_poller.latest
+            if rt.wmsqueue == wmsqueue and isinstance(snap, BatchSnapshot):
+                supply = self._supply_for(rt.batch_poller, snap)[0].get(rt.name)
+                total += supply.running if supply else 0
+        return total
+
+    def _build(self, config: FactoryConfig) -> None:
+        """(Re)build queue runtimes; reuse pollers and unchanged queues (reload keeps state)."""
+        old = self.queues
+        queues: dict[str, QueueRuntime] = {}
+        used: set[Hashable] = set()
+        for qc in config.active_queues():
+            previous = old.get(qc.name)
+            if previous is not None and previous.config.fingerprint() == qc.fingerprint():
+                queues[qc.name] = previous
+                used.add(self._poller_key(previous.batch_poller))
+                if previous.wms_poller is not None:
+                    used.add(self._poller_key(previous.wms_poller))
+                continue
+            runtime = self._make_runtime(qc)
+            queues[qc.name] = runtime
+            used.add(self._poller_key(runtime.batch_poller))
+            if runtime.wms_poller is not None:
+                used.add(self._poller_key(runtime.wms_poller))
+            if previous is not None:
+                self._close_submitter(previous)
+        for name, runtime in old.items():
+            if name not in queues:
+                self._close_submitter(runtime)
+        for key in [k for k, p in self.pollers.items() if self._poller_key(p) not in used]:
+            poller = self.pollers.pop(key)
+            thread = self._threads.pop(id(poller), None)
+            if thread is not None:
+                thread.stop()
+            poller.close()
+        # every poller learns its queues again (a reload may move queues between endpoints)
+        for poller in self.pollers.values():
+            if poller.kind == "wmsstatus":
+                poller.wmsqueues = frozenset(r.wmsqueue for r in queues.values() if r.wms_poller is poller)
+        for runtime in queues.values():
+            runtime.batch_poller.plugin.register(runtime.config)
+            if runtime.wms_poller is not None:
+                runtime.wms_poller.plugin.register(runtime.config)
+        self.queues = queues
+        if not self._inline:
+            self._start_poller_threads()
+
+    @staticmethod
+    def _poller_key(poller: Poller) -> Hashable:
+        return poller.plugin.endpoint_key
+
+    def _poller(
+        self, kind: str, cls: type[WmsStatusPlugin] | type[BatchStatusPlugin], qc: QueueConfig
+    ) -> Poller:
+        key = cls.endpoint(qc, self.ctx)
+        poller = self.pollers.get(key)
+        if poller is None:
+            plugin = cls(key, self.ctx)
+            interval = self.config.poll_setting(
+                kind, cls.name, "sleep", getattr(cls, "default_interval", DEFAULT_INTERVAL)
+            )
+            maxage = self.config.poll_setting(
+                kind, cls.name, "maxage", getattr(cls, "default_maxage", DEFAULT_MAXAGE)
+            )
+            poller = Poller(kind, f"{kind}:{cls.name}:{_short(key)}", plugin, interval, max(maxage, interval))
+            poller.on_result = self._on_poll
+            self.pollers[key] = poller
+        return poller
+
+    def _make_runtime(self, qc: QueueConfig) -> QueueRuntime:
+        sched = [spec.cls(spec.options) for spec in qc.sched]  # type: ignore[call-arg]
+        batch_poller = self._poller("batchstatus", qc.batchstatus.cls, qc)  # type: ignore[arg-type]
+        wms_poller = self._poller("wmsstatus", qc.wmsstatus.cls, qc) if qc.wmsstatus else None  # type: ignore[arg-type]
+        submitter, error = None, None
+        try:
+            submitter = qc.batchsubmit.cls(qc, qc.batchsubmit.options, self.ctx)  # type: ignore[call-arg]
+        except Exception as exc:  # a queue that cannot act still decides and reports why
+            error = f"cannot set up {qc.batchsubmit.name}: {exc}"
+            log.error("queue %s: %s", qc.name, error)
+            self._event("queue-error", error, qc.name)
+        monitors = []
+        for section in [s.strip() for s in (qc.settings.monitorsection or "").split(",") if s.strip()]:
+            monitor = self._monitor(section)
+            if monitor is not None:
+                monitors.append(monitor)
+        return QueueRuntime(qc, sched, batch_poller, wms_poller, submitter, error, monitors)
+
+    def _monitor(self, section: str) -> MonitorPlugin | None:
+        if section in self.monitors:
+            return self.monitors[section]
+        ms = self.config.monitors.get(section)
+        if ms is None:
+            return None
+        from autopyfactory.plugins import base as plugins
+
+        try:
+            cls = plugins.load("monitor", ms.plugin)
+            monitor = cls(section, ms.options, self.ctx)  # type: ignore[call-arg]
+        except Exception as exc:
+            log.error("monitor %s: cannot start: %s", section, exc)
+            return None
+        self.monitors[section] = monitor  # type: ignore[assignment]
+        return monitor  # type: ignore[return-value]
+
+    def _close_submitter(self, runtime: QueueRuntime) -> None:
+        if runtime.submitter is not None:
+            try:
+                runtime.submitter.close()
+            except Exception:
+                log.exception("queue %s: close failed", runtime.name)
+
+    # -- observe -------------------------------------------------------------------------------
+    def _on_poll(self, poller: Poller, ok: bool) -> None:
+        for observer in self.observers:
+            _safe(observer.on_poll, poller.label, poller.kind, ok, self.clock(), poller.status.error)
+        with self._wake:
+            self._wake.notify_all()
+
+    def _absorb(self, poller: Poller, snap: BatchSnapshot, now: float) -> None:
+        """A new batch snapshot: group pilots by queue, sync the store, adopt after a restart."""
+        by_queue: dict[str, list[Pilot]] = defaultdict(list)
+        for pilot in snap.pilots:
+            by_queue[pilot.queue].append(pilot)
+        mine = [r for r in self.queues.values() if r.batch_poller is poller]
+        for runtime in mine:
+            self._pilots[runtime.name] = by_queue.get(runtime.name, [])
+        if not self.dry_run:
+            self._sync_store(poller, snap, {r.name for r in mine}, now)
+            if id(poller) not in self._adopted:
+                self._settle_open_intents(snap, {r.name for r in mine}, now)
+                self._adopted.add(id(poller))
+        unknown = sorted(set(by_queue) - set(self.queues))
+        if unknown and id(poller) not in self._absorbed:
+            self._event(
+                "leaked",
+                f"{poller.label}: pilots tagged for queues not configured: {', '.join(unknown[:10])}",
+            )
+        self._absorbed[id(poller)] = snap.time
+
+    def _sync_store(self, poller: Poller, snap: BatchSnapshot, queues: set[str], now: float) -> None:
+        seen: set[tuple[str, str]] = set()
+        changed: list[Pilot] = []
+        for pilot in snap.pilots:
+            key = (pilot.queue, pilot.backend_id)
+            seen.add(key)
+            previous = self._known.get(key)
+            if previous is None or previous.state != pilot.state:
+                changed.append(pilot)
+            self._known[key] = pilot
+        # active pilots the backend no longer lists (and that existed before this poll began)
+        for key, pilot in list(self._known.items()):
+            if key[0] in queues and key not in seen:
+                if pilot.state.active and (pilot.submitted_at or 0.0) < snap.time:
+                    changed.append(_with_state(pilot, PilotState.UNKNOWN))
+                del self._known[key]
+        if changed:
+            try:
+                self.store.record_pilots(self.factory_id, changed, now)
+            except Exception:
+                log.exception("store: recording %d pilot changes failed", len(changed))
+
+    def _settle_open_intents(self, snap: BatchSnapshot, queues: set[str], now: float) -> None:
+        """After a restart: intents left open by a crash are settled from what the backend shows."""
+        by_intent: dict[str, int] = defaultdict(int)
+        for pilot in snap.pilots:
+            if pilot.intent_id:
+                by_intent[pilot.intent_id] += 1
+        for intent in self.store.open_intents(self.factory_id):
+            if intent.queue not in queues or intent.id in self._my_intents:
+                continue
+            found = by_intent.get(intent.id, 0)
+            status = "adopted" if found else "lost"
+            self.store.settle_intent(
+                intent.id, status, found, now, error=None if found else "no pilot found under its tag"
+            )
+            self._event(
+                "adopt",
+                f"intent {intent.id} ({intent.n} asked): {found} pilots found in the backend, settled as {status}",
+                intent.queue,
+            )
+
+    def _supply_for(self, poller: Poller, snap: BatchSnapshot) -> tuple[dict[str, Supply], int]:
+        cached = self._supply.get(id(poller))
+        if cached is not None and cached[0] == snap.time:
+            return cached[1], cached[2]
+        supplies = aggregate(snap.pilots, snap.time)
+        total = sum(s.active for s in supplies.values())
+        self._supply[id(poller)] = (snap.time, supplies, total)
+        return supplies, total
+
+    # -- decide ----------------------------------------------------------------------------------
+    def _eligible(self, rt: QueueRuntime, now: float, force: bool) -> bool:
+        if rt.inflight:
+            return False
+        snap = rt.batch_poller.latest
+        btime = snap.time if snap is not None else None
+        if rt.decided_once and btime == rt.last_batch_time:
+            return False  # APF: never decide twice on the same batch snapshot
+        if btime is not None and rt.last_action_done and btime <= rt.last_action_done:
+            return False  # our last action is not visible in the batch status yet
+        if force or now >= rt.next_due:
+            return True
+        wsnap = rt.wms_poller.latest if rt.wms_poller is not None else None
+        if wsnap is not None and wsnap.time != rt.last_wms_time:
+            demand = wsnap.demands.get(rt.wmsqueue)
+            return (demand.ready if demand else 0) != rt.last_ready  # demand changed: act at once
+        return False
+
+    def _demand(self, rt: QueueRuntime, now: float) -> Demand | None:
+        if rt.wms_poller is None:
+            return None
+        snap = rt.wms_poller.fresh(now)
+        if not isinstance(snap, WmsSnapshot):
+            return None
+        demand = snap.demands.get(rt.wmsqueue) or Demand(rt.wmsqueue, time=snap.time)
+        plugin = rt.wms_poller.plugin
+        if type(plugin).at_decision is not WmsStatusPlugin.at_decision:
+            demand = plugin.at_decision(demand, self._running_for(rt.wmsqueue))  # type: ignore[union-attr]
+        return self._share(rt, demand)
+
+    def _share(self, rt: QueueRuntime, demand: Demand) -> Demand:
+        """Split a WMS queue's demand between the factory queues that declare a ``share``."""
+        if rt.config.settings.share is None:
+            return demand
+        peers = [
+            r
+            for r in self.queues.values()
+            if r.wmsqueue == rt.wmsqueue and r.config.settings.share is not None
+        ]
+        from autopyfactory.decide.share import split_demand
+
+        return split_demand(demand, {r.name: r.config.settings.share for r in peers})[rt.name]
+
+    def decide_queue(self, rt: QueueRuntime, now: float) -> Decision:
+        demand = self._demand(rt, now)
+        snap = rt.batch_poller.fresh(now)
+        supply: Supply | None = None
+        factory_active: int | None = None
+        if isinstance(snap, BatchSnapshot):
+            supplies, factory_active = self._supply_for(rt.batch_poller, snap)
+            supply = supplies.get(rt.name) or Supply(rt.name, time=snap.time)
+        ctx = SchedContext(
+            queue=rt.name,
+            now=now,
+            demand=demand,
+            supply=supply,
+            site_status=demand.site_status if demand else None,
+            factory_active=factory_active,
+            factory_max=self.config.settings.maxperfactory_maximum,
+            history=self._history(rt, now),
+        )
+        try:
+            n, steps = run_chain(rt.sched, ctx)
+        except Exception as exc:  # a broken plugin decides nothing for its queue only
+            log.exception("queue %s: scheduler chain failed", rt.name)
+            n, steps = 0, (Step("error", 0, 0, f"chain failed: {exc}"),)
+        return Decision(
+            rt.name,
+            n,
+            steps,
+            now,
+            ready=demand.ready if demand else None,
+            pending=(supply.pending + supply.held) if supply else None,
+            running=supply.running if supply else None,
+        )
+
+    def _history(self, rt: QueueRuntime, now: float) -> ThrottleHistory | None:
+        throttle = next((s for s in rt.sched if s.name == "Throttle"), None)
+        if throttle is None:
+            return None
+        interval = float(getattr(throttle.options, "interval", 3600))
+        maxtime = float(getattr(throttle.options, "maxtime", 10))
+        recent = [
+            p
+            for p in self._pilots.get(rt.name, [])
+            if p.started_at is not None and p.started_at > now - interval
+        ]
+        short = sum(1 for p in recent if p.ended_at is not None and p.ended_at - p.started_at < maxtime)  # type: ignore[operator]
+        return ThrottleHistory(len(recent), short)
+
+    def _actions(self, rt: QueueRuntime, decision: Decision, now: float) -> tuple[Action, ...]:
+        if rt.submitter is None:
+            return ()
+        target = self.targets.get(rt.submitter.target())
+        if target is not None and target.until > now:
+            return ()
+        if decision.n > 0:
+            return (Submit(rt.name, decision.n),)
+        if decision.n < 0:
+            options = rt.submitter.options
+            if getattr(options, "overlay_peaceful", True):
+                return ()  # APF: negative n retires nothing unless overlay.peaceful = False
+            cancel, retire = select_for_retire(
+                -decision.n, self._pilots.get(rt.name, []), getattr(options, "overlay_killorder", "newest")
+            )
+            actions: list[Action] = []
+            if cancel:
+                actions.append(Cancel(rt.name, tuple(cancel)))
+            if retire:
+                actions.append(Retire(rt.name, tuple(retire)))
+            return tuple(actions)
+        return ()
+
+    def decide_pass(self, now: float, force: bool = False) -> list[Plan]:
+        """Decide every eligible queue; record decisions; dispatch actions (unless dry-run)."""
+        with self._lock:
+            for poller in list(self.pollers.values()):
+                snap = poller.latest
+                if isinstance(snap, BatchSnapshot) and self._absorbed.get(id(poller)) != snap.time:
+                    self._absorb(poller, snap, now)
+            plans: list[Plan] = []
+            for rt in self.queues.values():
+                if not self._eligible(rt, now, force):
+                    continue
+                decision = self.decide_queue(rt, now)
+                bsnap = rt.batch_poller.latest
+                wsnap = rt.wms_poller.latest if rt.wms_poller is not None else None
+                rt.decided_once = True
+                rt.last_batch_time = bsnap.time if bsnap is not None else None
+                rt.last_wms_time = wsnap.time if wsnap is not None else None
+                rt.last_ready = decision.ready
+                rt.next_due = now + rt.config.settings.sleep
+                rt.decisions += 1
+                rt.last = decision
+                plans.append(Plan(rt.name, decision, self._actions(rt, decision, now)))
+            if not plans:
+                return plans
+            try:
+                ids = self.store.record_decisions(self.factory_id, [p.decision for p in plans], self.dry_run)
+            except Exception:
+                log.exception("store: recording %d decisions failed", len(plans))
+                ids = [None] * len(plans)
+            for plan, decision_id in zip(plans, ids, strict=True):
+                rt = self.queues[plan.queue]
+                for observer in self.observers:
+                    _safe(observer.on_decision, plan, self._demand(rt, now), self._supply_of(rt, now))
+                message = _label_message(plan.decision)
+                for monitor in rt.monitors:
+                    _safe(monitor.update_label, rt.name, message)
+                if not self.dry_run:
+                    self._dispatch(rt, plan, decision_id)
+            return plans
+
+    def _supply_of(self, rt: QueueRuntime, now: float) -> Supply | None:
+        snap = rt.batch_poller.fresh(now)
+        if not isinstance(snap, BatchSnapshot):
+            return None
+        return self._supply_for(rt.batch_poller, snap)[0].get(rt.name) or Supply(rt.name, time=snap.time)
+
+    # -- act -----------------------------------------------------------------------------------------
+    def _dispatch(self, rt: QueueRuntime, plan: Plan, decision_id: int | None) -> None:
+        submitter = rt.submitter
+        if submitter is None:
+            return
+        jobs: list[Callable[[], None]] = [
+            lambda a=a: self._act(rt, submitter, a, decision_id) for a in plan.actions
+        ]
+        if type(submitter).cleanup is not BatchSubmitPlugin.cleanup:
+            pilots = tuple(self._pilots.get(rt.name, ()))
+            jobs.append(lambda: self._cleanup(rt, submitter, pilots))
+        for job in jobs:
+            rt.inflight += 1
+            if self._inline:
+                job()
+            else:
+                self.executor.submit(submitter.target(), job)
+
+    def _act(
+        self, rt: QueueRuntime, submitter: BatchSubmitPlugin, action: Action, decision_id: int | None
+    ) -> None:
+        target = submitter.target()
+        try:
+            if isinstance(action, Submit):
+                self._submit(rt, submitter, action.n, decision_id)
+            elif isinstance(action, Cancel):
+                submitter.cancel(action.backend_ids)
+                self._event("cancel", f"cancelled {len(action.backend_ids)} idle pilots", rt.name)
+            elif isinstance(action, Retire):
+                submitter.retire(action.backend_ids, kill=action.kill)
+                self._event("retire", f"retiring {len(action.backend_ids)} running pilots", rt.name)
+            self._target_ok(target)
+        except Exception as exc:
+            self._target_failed(rt, target, exc)
+        finally:
+            self._action_done(rt)
+
+    def _submit(
+        self, rt: QueueRuntime, submitter: BatchSubmitPlugin, n: int, decision_id: int | None
+    ) -> None:
+        now = self.clock()
+        intent_id, granted = self.store.open_intent(self.factory_id, rt.name, n, now, decision_id)
+        if granted <= 0:
+            return
+        self._my_intents.add(intent_id)
+        tags = PilotTags(self.factory_id, rt.name, intent_id)
+        try:
+            pilots = list(submitter.submit(granted, tags, now))
+        except Exception as exc:
+            self.store.settle_intent(intent_id, "failed", 0, self.clock(), error=_message(exc))
+            raise
+        if _FAULT == "crash-after-submit":
+            os._exit(137)  # test hook: die like kill -9 between the backend call and the record
+        done = self.clock()
+        self.store.record_pilots(self.factory_id, pilots, done)
+        for pilot in pilots:
+            self._known.setdefault((pilot.queue, pilot.backend_id), pilot)
+        self.store.settle_intent(intent_id, "submitted", len(pilots), done)
+        log.info("queue %s: submitted %d pilots (intent %s)", rt.name, len(pilots), intent_id)
+        for observer in self.observers:
+            _safe(observer.on_submitted, rt.name, pilots)
+        for monitor in rt.monitors:
+            _safe(monitor.register_pilots, rt.name, pilots)
+
+    def _cleanup(self, rt: QueueRuntime, submitter: BatchSubmitPlugin, pilots: Sequence[Pilot]) -> None:
+        try:
+            submitter.cleanup(pilots, self.clock())
+        except Exception as exc:
+            self._target_failed(rt, submitter.target(), exc)
+        finally:
+            self._action_done(rt)
+
+    def _action_done(self, rt: QueueRuntime) -> None:
+        rt.inflight -= 1
+        rt.last_action_done = self.clock()
+        thread = self._threads.get(id(rt.batch_poller))
+        if thread is not None:
+            thread.kick.set()  # poll soon so the next decision sees what we did
+        with self._wake:
+            self._wake.notify_all()
+
+    def _target_ok(self, target: str) -> None:
+        state = self.targets.get(target)
+        if state is not None and state.failures:
+            self._event("recovered", f"{target}: actions succeed again")
+            self.targets.pop(target, None)
+
+    def _target_failed(self, rt: QueueRuntime, target: str, exc: Exception) -> None:
+        state = self.targets[target]
+        state.failures += 1
+        state.error = _message(exc)
+        backoff = min(rt.config.settings.sleep * (2 ** min(state.failures - 1, 10)), 3600.0)
+        state.until = self.clock() + backoff
+        log.error(
+            "queue %s: action on %s failed (%d in a row), backing off %.0fs: %s",
+            rt.name,
+            target,
+            state.failures,
+            backoff,
+            state.error,
+        )
+        self._event("action-failed", f"{target}: {state.error} (backing off {backoff:.0f}s)", rt.name)
+        for observer in self.observers:
+            _safe(observer.on_action_failed, rt.name, target, state.error)
+
+    def _event(self, kind: str, message: str, queue: str | None = None) -> None:
+        try:
+            self.store.add_event(self.factory_id, self.clock(), kind, message, queue)
+        except Exception:
+            log.exception("store: cannot record event %s", kind)
+
+    # -- driving -------------------------------------------------------------------------------------
+    def step(self, now: float | None = None, poll_all: bool = False) -> list[Plan]:
+        """One synchronous cycle: poll due (or all) endpoints, decide, act inline."""
+        now = self.clock() if now is None else now
+        # batch status first: a WMS that models pilots taking jobs reads it
+        for poller in sorted(self.pollers.values(), key=lambda p: p.kind != "batchstatus"):
+            if poll_all or poller.due(now):
+                poller.poll_once(now)
+        plans = self.decide_pass(now, force=poll_all)
+        self.cycles_done += 1
+        return plans
+
+    def start(self) -> None:
+        """Start the daemon machinery (poller threads, executor)."""
+        self._inline = False
+        self._start_poller_threads()
+        queues = list(self.queues)
+        for observer in self.observers:
+            _safe(observer.on_start, self.factory_id, queues)
+        for section, monitor in self.monitors.items():
+            names = [r.name for r in self.queues.values() if monitor in r.monitors]
+            _safe(monitor.register_factory, names)
+            log.debug("monitor %s registered for %d queues", section, len(names))
+
+    def _start_poller_threads(self) -> None:
+        for poller in self.pollers.values():
+            if id(poller) not in self._threads:
+                thread = PollerThread(poller, self.clock)
+                self._threads[id(poller)] = thread
+                thread.start()
+
+    def run(self, cycles: int | None = None, first_poll_timeout: float = 60.0) -> None:
+        """The daemon loop. ``cycles``: stop once every queue has decided that many times."""
+        self.start()
+        self._wait_first_polls(first_poll_timeout)
+        try:
+            while not self._stopping.is_set():
+                self._handle_reload_requests()
+                began = self.clock()
+                plans = self.decide_pass(began)
+                if plans:
+                    self.cycles_done += 1
+                    duration = self.clock() - began
+                    for observer in self.observers:
+                        _safe(observer.on_cycle, duration, len(plans), began)
+                    self._write_status(began)
+                if (
+                    cycles is not None
+                    and self.queues
+                    and all(r.decisions >= cycles for r in self.queues.values())
+                ):
+                    self.executor.wait_idle(timeout=120)
+                    break
+                with self._wake:
+                    self._wake.wait(timeout=self._next_wait(self.clock()))
+        finally:
+            self.shutdown()
+
+    def _wait_first_polls(self, timeout: float) -> None:
+        """Bounded wait (stop-aware) for every endpoint's first answer, as APF waited for info."""
+        deadline = self.clock() + timeout
+        with self._wake:
+            while not self._stopping.is_set() and self.clock() < deadline:
+                if all(p.status.polls > 0 for p in self.pollers.values()):
+                    return
+                self._wake.wait(timeout=0.2)
+
+    def _next_wait(self, now: float) -> float:
+        if not self.queues:
+            return 1.0
+        soonest = min(r.next_due for r in self.queues.values())
+        return min(max(soonest - now, 0.05), 1.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def request_reload(self, load: Callable[[], FactoryConfig | None]) -> None:
+        """Ask the loop to reload between passes (safe to call from a signal handler)."""
+        self._reload_requests.append(load)
+        with self._wake:
+            self._wake.notify_all()
+
+    def _handle_reload_requests(self) -> None:
+        while self._reload_requests:
+            load = self._reload_requests.pop(0)
+            try:
+                config = load()
+            except Exception as exc:  # a bad reload keeps the running config
+                config = None
+                log.error("reload failed, keeping the running configuration: %s", exc)
+            if config is None:
+                log.error("reload: the new configuration is invalid; keeping the running configuration")
+                self._event("reload-failed", "configuration invalid; the running configuration is kept")
+                continue
+            self.reload(config)
+
+    def reload(self, config: FactoryConfig) -> None:
+        """Swap in a new, already validated config; only changed queues are rebuilt."""
+        with self._lock:
+            before = {n: r.config.fingerprint() for n, r in self.queues.items()}
+            self.config = config
+            self.ctx = self._context(config)
+            self._build(config)
+            after = {n: r.config.fingerprint() for n, r in self.queues.items()}
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        changed = sorted(n for n in set(before) & set(after) if before[n] != after[n])
+        self._event(
+            "reload",
+            f"config reloaded: added {added or '-'}, removed {removed or '-'}, changed {changed or '-'}",
+        )
+        log.info("config reloaded: added %s, removed %s, changed %s", added, removed, changed)
+
+    def shutdown(self) -> None:
+        for thread in self._threads.values():
+            thread.stop()
+        self.executor.shutdown(wait=True, timeout=30)
+        for thread in self._threads.values():
+            thread.join(timeout=5)
+        for runtime in self.queues.values():
+            self._close_submitter(runtime)
+        for poller in self.pollers.values():
+            poller.close()
+        for monitor in self.monitors.values():
+            _safe(monitor.close)
+        for observer in self.observers:
+            _safe(observer.on_stop)
+
+    # -- status for operators --------------------------------------------------------------------
+    def status(self, now: float | None = None) -> dict[str, object]:
+        now = self.clock() if now is None else now
+        return {
+            "factory": self.factory_id,
+            "time": now,
+            "pollers": {p.label: p.state(now) for p in self.pollers.values()},
+            "targets": {
+                t: f"backing off for {max(0.0, s.until - now):.0f}s after: {s.error}"
+                for t, s in self.targets.items()
+                if s.failures
+            },
+            "queues": {
+                r.name: {
+                    "error": r.error,
+                    "decisions": r.decisions,
+                    "inflight": r.inflight,
+                    "batch": r.batch_poller.label,
+                    "wms": r.wms_poller.label if r.wms_poller else None,
+                }
+                for r in self.queues.values()
+            },
+        }
+
+    def _write_status(self, now: float) -> None:
+        path = status_path(self.config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(now)))
+            os.replace(tmp, path)
+        except OSError:
+            log.debug("cannot write %s", path, exc_info=True)
+
+
+def status_path(config: FactoryConfig) -> Path:
+    return config.settings.state_path / f"status-{config.factory_id}.json"
+
+
+def _label_message(decision: Decision) -> str:
+    """APF's monitor message: one ``Name:in=..,out=..`` item per step, ';'-joined."""
+    return ";".join(f"{s.plugin}:in={s.n_in},ret={s.n_out}" for s in decision.steps)
+
+
+def _with_state(pilot: Pilot, state: PilotState) -> Pilot:
+    from dataclasses import replace
+
+    return replace(pilot, state=state)
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, BackendError):
+        return str(exc)
+    return (str(exc) or type(exc).__name__).splitlines()[0][:500]
+
+
+def _short(key: Hashable) -> str:
+    text = str(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _safe(fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("observer %s failed", getattr(fn, "__qualname__", fn))

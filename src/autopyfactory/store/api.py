@@ -1,0 +1,305 @@
+"""The store: pilots, submission intents, decisions and events. SQLite file or PostgreSQL URL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from autopyfactory.model import Decision, Pilot, PilotState
+from autopyfactory.store.schema import decisions, events, intents, metadata, pilots
+
+
+@dataclass(frozen=True)
+class IntentRow:
+    id: str
+    queue: str
+    n: int
+    created: float
+    status: str
+    submitted: int | None
+    tier: str | None
+
+
+def new_intent_id() -> str:
+    """Short, unique, and free of ':' (it ends every pilot tag)."""
+    return uuid.uuid4().hex[:12]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._create_lock = threading.Lock()
+        with self._create_lock:
+            metadata.create_all(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- decisions ----------------------------------------------------------------------------
+    def record_decisions(
+        self, factory_id: str, items: Sequence[Decision], dry_run: bool = False
+    ) -> list[int]:
+        if not items:
+            return []
+        rows = [
+            {
+                "factory_id": factory_id,
+                "queue": d.queue,
+                "time": d.time,
+                "n": d.n,
+                "ready": d.ready,
+                "pending": d.pending,
+                "running": d.running,
+                "binding": d.binding,
+                "steps": json.dumps([s.as_dict() for s in d.steps]),
+                "dry_run": int(dry_run),
+            }
+            for d in items
+        ]
+        stmt = insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
+        with self.engine.begin() as conn:
+            return [r[0] for r in conn.execute(stmt, rows)]
+
+    def decisions(self, factory_id: str, queue: str, limit: int = 10) -> list[dict[str, Any]]:
+        query = (
+            select(decisions)
+            .where(decisions.c.factory_id == factory_id, decisions.c.queue == queue)
+            .order_by(decisions.c.time.desc(), decisions.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_decision_dict(r._mapping) for r in conn.execute(query)]
+
+    def latest_decisions(self, factory_id: str) -> dict[str, dict[str, Any]]:
+        latest = (
+            select(decisions.c.queue, func.max(decisions.c.id).label("id"))
+            .where(decisions.c.factory_id == factory_id)
+            .group_by(decisions.c.queue)
+            .subquery()
+        )
+        query = select(decisions).join(latest, decisions.c.id == latest.c.id)
+        with self.engine.connect() as conn:
+            return {r.queue: _decision_dict(r._mapping) for r in conn.execute(query)}
+
+    def prune_decisions(self, factory_id: str, older_than: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                delete(decisions).where(decisions.c.factory_id == factory_id, decisions.c.time < older_than)
+            )
+            return result.rowcount or 0
+
+    # -- intents (two-phase submission) ----------------------------------------------------------
+    def open_intent(
+        self,
+        factory_id: str,
+        queue: str,
+        n: int,
+        now: float,
+        decision_id: int | None = None,
+        tier: str | None = None,
+        reserve: Callable[[Connection, str], int] | None = None,
+    ) -> tuple[str, int]:
+        """Write the intent before anything is submitted. ``reserve(conn, intent_id)`` runs in the
+        same transaction (the quota ledger) and may grant fewer than n; returns (id, granted)."""
+        intent_id = new_intent_id()
+        with self.engine.begin() as conn:
+            granted = n if reserve is None else max(0, min(n, reserve(conn, intent_id)))
+            conn.execute(
+                insert(intents).values(
+                    id=intent_id,
+                    factory_id=factory_id,
+                    queue=queue,
+                    decision_id=decision_id,
+                    n=granted,
+                    created=now,
+                    status="open" if granted else "settled",
+                    submitted=None if granted else 0,
+                    tier=tier,
+                )
+            )
+        return intent_id, granted
+
+    def settle_intent(
+        self,
+        intent_id: str,
+        status: str,
+        submitted: int,
+        now: float,
+        error: str | None = None,
+        release: Callable[[Connection], None] | None = None,
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(intents)
+                .where(intents.c.id == intent_id)
+                .values(status=status, submitted=submitted, finished=now, error=error)
+            )
+            if release is not None:
+                release(conn)
+
+    def open_intents(self, factory_id: str) -> list[IntentRow]:
+        query = select(intents).where(intents.c.factory_id == factory_id, intents.c.status == "open")
+        with self.engine.connect() as conn:
+            return [
+                IntentRow(r.id, r.queue, r.n, r.created, r.status, r.submitted, r.tier)
+                for r in conn.execute(query)
+            ]
+
+    def intent(self, intent_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(intents).where(intents.c.id == intent_id)).first()
+            return dict(row._mapping) if row else None
+
+    def intents(self, factory_id: str, queue: str | None = None) -> list[dict[str, Any]]:
+        query = select(intents).where(intents.c.factory_id == factory_id)
+        if queue is not None:
+            query = query.where(intents.c.queue == queue)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(intents.c.created))]
+
+    # -- pilots ------------------------------------------------------------------------------------
+    def record_pilots(self, factory_id: str, items: Iterable[Pilot], now: float) -> int:
+        """Insert new pilots and update the state of known ones (by queue + backend id)."""
+        items = list(items)
+        if not items:
+            return 0
+        with self.engine.begin() as conn:
+            known = {
+                (r.queue, r.backend_id): (r.id, r.state)
+                for r in conn.execute(
+                    select(pilots.c.id, pilots.c.queue, pilots.c.backend_id, pilots.c.state).where(
+                        pilots.c.factory_id == factory_id,
+                        pilots.c.queue.in_({p.queue for p in items}),
+                    )
+                )
+            }
+            new_rows = []
+            for p in items:
+                row = _pilot_row(factory_id, p, now)
+                existing = known.get((p.queue, p.backend_id))
+                if existing is None:
+                    new_rows.append(row)
+                    known[(p.queue, p.backend_id)] = (None, p.state.value)
+                elif existing[1] != p.state.value and existing[0] is not None:
+                    row = {k: v for k, v in row.items() if v is not None}
+                    conn.execute(update(pilots).where(pilots.c.id == existing[0]).values(row))
+            if new_rows:
+                conn.execute(insert(pilots), new_rows)
+        return len(items)
+
+    def mark_pilots(
+        self, factory_id: str, queue: str, backend_ids: Sequence[str], state: PilotState, now: float
+    ) -> None:
+        if not backend_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(pilots)
+                .where(
+                    pilots.c.factory_id == factory_id,
+                    pilots.c.queue == queue,
+                    pilots.c.backend_id.in_(backend_ids),
+                )
+                .values(state=state.value, updated_at=now)
+            )
+
+    def pilots(
+        self, factory_id: str, queue: str | None = None, states: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(pilots).where(pilots.c.factory_id == factory_id)
+        if queue is not None:
+            query = query.where(pilots.c.queue == queue)
+        if states is not None:
+            query = query.where(pilots.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(pilots.c.id))]
+
+    def pilot_counts(self, factory_id: str) -> dict[str, dict[str, int]]:
+        query = (
+            select(pilots.c.queue, pilots.c.state, func.count())
+            .where(pilots.c.factory_id == factory_id)
+            .group_by(pilots.c.queue, pilots.c.state)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for queue, state, count in conn.execute(query):
+                out.setdefault(queue, {})[state] = count
+        return out
+
+    # -- events ------------------------------------------------------------------------------------
+    def add_event(
+        self, factory_id: str, now: float, kind: str, message: str, queue: str | None = None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(events).values(
+                    factory_id=factory_id, time=now, queue=queue, kind=kind, message=message
+                )
+            )
+
+    def events(self, factory_id: str, queue: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = select(events).where(events.c.factory_id == factory_id)
+        if queue is not None:
+            query = query.where(events.c.queue == queue)
+        query = query.order_by(events.c.time.desc(), events.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _pilot_row(factory_id: str, p: Pilot, now: float) -> dict[str, Any]:
+    return {
+        "factory_id": factory_id,
+        "queue": p.queue,
+        "backend_id": p.backend_id,
+        "intent_id": p.intent_id,
+        "state": p.state.value,
+        "submitted_at": p.submitted_at,
+        "started_at": p.started_at,
+        "ended_at": p.ended_at,
+        "updated_at": now,
+        "instance_id": p.instance_id,
+        "node": p.node,
+        "tier": p.tier,
+        "exit_code": p.exit_code,
+    }
+
+
+def _decision_dict(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["steps"] = json.loads(out["steps"])
+    return out
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Python's sqlite3 opens transactions lazily; we issue BEGIN ourselves (see below).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # Take the write lock at BEGIN: read-then-write transactions (quota reservations) serialise
+    # instead of failing with 'database is locked' on upgrade.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

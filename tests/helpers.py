@@ -1,0 +1,42 @@
+"""Small helpers shared by tests: write config trees, wait for conditions with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from textwrap import dedent
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dedent(text).lstrip())
+    return path
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll ``condition`` until it is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def factory_conf(tmp: Path, queues: str, extra: str = "", factory_id: str = "test-factory") -> Path:
+    """A minimal autopyfactory.conf + queues.conf in ``tmp``; returns the factory conf path."""
+    write(tmp / "queues.conf", queues)
+    base = dedent(
+        f"""
+        [Factory]
+        factoryId = {factory_id}
+        queueConf = queues.conf
+        factory.statedir = state
+        wmsstatus.sim.sleep = 1
+        batchstatus.local.sleep = 0.5
+        """
+    ).lstrip()
+    return write(tmp / "autopyfactory.conf", base + dedent(extra).lstrip())
