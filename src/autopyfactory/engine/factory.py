@@ -132,6 +132,8 @@ class Factory:
         self._threads: dict[int, PollerThread] = {}
         self._inline = True  # actions run inline until the daemon starts its executor threads
         self._reload_requests: list[Callable[[], FactoryConfig | None]] = []
+        self._running_by_wms: dict[str, int] | None = None
+        self._shares: dict[str, dict[str, float]] = {}
         self.cycles_done = 0
         self._build(config)
 
@@ -147,13 +149,16 @@ class Factory:
         )
 
     def _running_for(self, wmsqueue: str) -> int:
-        total = 0
-        for rt in list(self.queues.values()):
-            snap = rt.batch_poller.latest
-            if rt.wmsqueue == wmsqueue and isinstance(snap, BatchSnapshot):
-                supply = self._supply_for(rt.batch_poller, snap)[0].get(rt.name)
-                total += supply.running if supply else 0
-        return total
+        """Running pilots of every queue serving ``wmsqueue`` (computed once per decision pass)."""
+        if self._running_by_wms is None:
+            totals: dict[str, int] = defaultdict(int)
+            for rt in self.queues.values():
+                snap = rt.batch_poller.latest
+                if isinstance(snap, BatchSnapshot):
+                    supply = self._supply_for(rt.batch_poller, snap)[0].get(rt.name)
+                    totals[rt.wmsqueue] += supply.running if supply else 0
+            self._running_by_wms = totals
+        return self._running_by_wms.get(wmsqueue, 0)
 
     def _build(self, config: FactoryConfig) -> None:
         """(Re)build queue runtimes; reuse pollers and unchanged queues (reload keeps state)."""
@@ -193,6 +198,11 @@ class Factory:
             if runtime.wms_poller is not None:
                 runtime.wms_poller.plugin.register(runtime.config)
         self.queues = queues
+        shares: dict[str, dict[str, float]] = defaultdict(dict)
+        for runtime in queues.values():
+            if runtime.config.settings.share is not None:
+                shares[runtime.wmsqueue][runtime.name] = runtime.config.settings.share
+        self._shares = dict(shares)
         if not self._inline:
             self._start_poller_threads()
 
@@ -455,6 +465,7 @@ class Factory:
     def decide_pass(self, now: float, force: bool = False) -> list[Plan]:
         """Decide every eligible queue; record decisions; dispatch actions (unless dry-run)."""
         with self._lock:
+            self._running_by_wms = None
             for poller in list(self.pollers.values()):
                 snap = poller.latest
                 if isinstance(snap, BatchSnapshot) and self._absorbed.get(id(poller)) != snap.time:
