@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ def literal(value: str) -> str | None:
     return None if value.strip() in _NONE else value
 
 
+@functools.cache
 def known_suffixes(options_cls: type[PluginOptions]) -> dict[str, str]:
     """key suffix -> field name."""
     out: dict[str, str] = {}

@@ -222,6 +222,7 @@ class MonitorPlugin(Plugin):
 _lock = threading.Lock()
 _cache: dict[str, dict[str, EntryPoint]] = {}
 _extra: dict[tuple[str, str], type[Plugin]] = {}
+_loaded: dict[tuple[str, str], type[Plugin]] = {}
 
 
 def register(cls: type[Plugin]) -> type[Plugin]:
@@ -243,6 +244,8 @@ def names(kind: str) -> list[str]:
 def load(kind: str, name: str) -> type[Plugin]:
     if (kind, name) in _extra:
         return _extra[(kind, name)]
+    if (kind, name) in _loaded:
+        return _loaded[(kind, name)]
     available = names(kind)
     if name not in available:
         hint = did_you_mean(name, available)
@@ -253,6 +256,7 @@ def load(kind: str, name: str) -> type[Plugin]:
         raise PluginError(f"{kind} plugin {name!r} failed to load: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Plugin)):
         raise PluginError(f"{kind} plugin {name!r} is not a Plugin subclass")
+    _loaded[(kind, name)] = cls
     return cls
 
 
