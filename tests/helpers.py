@@ -37,6 +37,7 @@ def factory_conf(tmp: Path, queues: str, extra: str = "", factory_id: str = "tes
         factory.statedir = state
         wmsstatus.sim.sleep = 1
         batchstatus.local.sleep = 0.5
+        metrics.address = 127.0.0.1:0
         """
     ).lstrip()
     return write(tmp / "autopyfactory.conf", base + dedent(extra).lstrip())

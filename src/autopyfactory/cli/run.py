@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
     factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    if not args.once:
+        attach_reporters(factory)
     if args.once:
         plans = factory.step(time.time(), poll_all=True)
         factory.shutdown()
@@ -77,6 +79,35 @@ def run(args: argparse.Namespace) -> int:
     factory.run(cycles=args.cycles)
     log.info("factory %s stopped", config.factory_id)
     return 0
+
+
+def attach_reporters(factory: Factory) -> None:
+    """Prometheus metrics and e-mail alerts for the daemon; a failure to start one is logged."""
+    from autopyfactory.engine.alerts import Alerts
+    from autopyfactory.engine.metrics import Metrics
+
+    settings = factory.config.settings
+    if settings.metrics_address:
+        metrics = Metrics(factory.factory_id, address=settings.metrics_address)
+        try:
+            metrics.start()
+            factory.observers.append(metrics)
+            factory.metrics_url = metrics.url
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s: %s (continuing without metrics)", settings.metrics_address, exc
+            )
+    alerts = Alerts(settings, factory.config.auth, maxage=_maxages(factory))
+    if alerts.enabled:
+        alerts.start()
+        factory.observers.append(alerts)
+
+
+def _maxages(factory: Factory) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for poller in factory.pollers.values():
+        out[poller.kind] = max(out.get(poller.kind, 0.0), poller.maxage)
+    return out
 
 
 def _reload(conf: str) -> FactoryConfig | None:

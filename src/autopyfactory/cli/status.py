@@ -52,6 +52,7 @@ def collect(conf: str) -> dict[str, object] | None:
         "pollers": daemon.get("pollers", {}),
         "targets": daemon.get("targets", {}),
         "daemon_status_time": daemon.get("time"),
+        "metrics": daemon.get("metrics"),
     }
 
 
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"factory {info['factory']}")
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if info.get("metrics"):
+        print(f"metrics: {info['metrics']}")
     for label, state in info["pollers"].items():  # type: ignore[union-attr]
         print(f"poller {label}: {state}")
     for target, state in info["targets"].items():  # type: ignore[union-attr]

@@ -54,7 +54,9 @@ class FactorySettings(_Keys):
     )
     statedir: str = Field("~/.autopyfactory", alias="factory.statedir")
     executor_workers: int = Field(8, alias="executor.workers", ge=1)
-    metrics_address: str | None = Field(None, alias="metrics.address")
+    metrics_address: str | None = Field(
+        "127.0.0.1:9642", alias="metrics.address", description="Prometheus /metrics address; None disables"
+    )
     policyConf: str | None = None
 
     @property

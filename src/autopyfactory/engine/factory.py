@@ -71,6 +71,8 @@ class QueueRuntime:
     submitter: BatchSubmitPlugin | None
     error: str | None = None
     monitors: list[MonitorPlugin] = field(default_factory=list)
+    # key of this queue's Demand in its WMS snapshot (the wmsqueue, or a filtered variant)
+    demand_key: str = ""
     decided_once: bool = False
     last_batch_time: float | None = None
     last_wms_time: float | None = None
@@ -84,10 +86,6 @@ class QueueRuntime:
     @property
     def name(self) -> str:
         return self.config.name
-
-    @property
-    def wmsqueue(self) -> str:
-        return self.config.wmsqueue or self.config.name
 
 
 @dataclass
@@ -133,8 +131,9 @@ class Factory:
         self._inline = True  # actions run inline until the daemon starts its executor threads
         self._reload_requests: list[Callable[[], FactoryConfig | None]] = []
         self._running_by_wms: dict[str, int] | None = None
-        self._shares: dict[str, dict[str, float]] = {}
+        self._pass_demands: dict[str, Demand | None] | None = None
         self.cycles_done = 0
+        self.metrics_url: str | None = None
         self._build(config)
 
     # -- construction ---------------------------------------------------------------------------
@@ -148,17 +147,17 @@ class Factory:
             monitor_url=urls[0] if len(urls) == 1 else None,
         )
 
-    def _running_for(self, wmsqueue: str) -> int:
-        """Running pilots of every queue serving ``wmsqueue`` (computed once per decision pass)."""
+    def _running_for(self, demand_key: str) -> int:
+        """Running pilots of every queue serving one demand (computed once per decision pass)."""
         if self._running_by_wms is None:
             totals: dict[str, int] = defaultdict(int)
             for rt in self.queues.values():
                 snap = rt.batch_poller.latest
                 if isinstance(snap, BatchSnapshot):
                     supply = self._supply_for(rt.batch_poller, snap)[0].get(rt.name)
-                    totals[rt.wmsqueue] += supply.running if supply else 0
+                    totals[rt.demand_key] += supply.running if supply else 0
             self._running_by_wms = totals
-        return self._running_by_wms.get(wmsqueue, 0)
+        return self._running_by_wms.get(demand_key, 0)
 
     def _build(self, config: FactoryConfig) -> None:
         """(Re)build queue runtimes; reuse pollers and unchanged queues (reload keeps state)."""
@@ -192,17 +191,12 @@ class Factory:
         # every poller learns its queues again (a reload may move queues between endpoints)
         for poller in self.pollers.values():
             if poller.kind == "wmsstatus":
-                poller.wmsqueues = frozenset(r.wmsqueue for r in queues.values() if r.wms_poller is poller)
+                poller.wmsqueues = frozenset(r.demand_key for r in queues.values() if r.wms_poller is poller)
         for runtime in queues.values():
             runtime.batch_poller.plugin.register(runtime.config)
             if runtime.wms_poller is not None:
                 runtime.wms_poller.plugin.register(runtime.config)
         self.queues = queues
-        shares: dict[str, dict[str, float]] = defaultdict(dict)
-        for runtime in queues.values():
-            if runtime.config.settings.share is not None:
-                shares[runtime.wmsqueue][runtime.name] = runtime.config.settings.share
-        self._shares = dict(shares)
         if not self._inline:
             self._start_poller_threads()
 
@@ -244,7 +238,10 @@ class Factory:
             monitor = self._monitor(section)
             if monitor is not None:
                 monitors.append(monitor)
-        return QueueRuntime(qc, sched, batch_poller, wms_poller, submitter, error, monitors)
+        demand_key = qc.name
+        if qc.wmsstatus is not None:
+            demand_key = qc.wmsstatus.cls.demand_key(qc, self.ctx) or qc.wmsqueue or qc.name  # type: ignore[attr-defined]
+        return QueueRuntime(qc, sched, batch_poller, wms_poller, submitter, error, monitors, demand_key)
 
     def _monitor(self, section: str) -> MonitorPlugin | None:
         if section in self.monitors:
@@ -256,7 +253,7 @@ class Factory:
 
         try:
             cls = plugins.load("monitor", ms.plugin)
-            monitor = cls(section, ms.options, self.ctx)  # type: ignore[call-arg]
+            monitor = cls(section, ms.options, self.ctx, url=ms.monitorURL)  # type: ignore[call-arg]
         except Exception as exc:
             log.error("monitor %s: cannot start: %s", section, exc)
             return None
@@ -363,34 +360,45 @@ class Factory:
             return True
         wsnap = rt.wms_poller.latest if rt.wms_poller is not None else None
         if wsnap is not None and wsnap.time != rt.last_wms_time:
-            demand = wsnap.demands.get(rt.wmsqueue)
+            demand = wsnap.demands.get(rt.demand_key)
             return (demand.ready if demand else 0) != rt.last_ready  # demand changed: act at once
         return False
 
     def _demand(self, rt: QueueRuntime, now: float) -> Demand | None:
-        if rt.wms_poller is None:
-            return None
-        snap = rt.wms_poller.fresh(now)
-        if not isinstance(snap, WmsSnapshot):
-            return None
-        demand = snap.demands.get(rt.wmsqueue) or Demand(rt.wmsqueue, time=snap.time)
-        plugin = rt.wms_poller.plugin
-        if type(plugin).at_decision is not WmsStatusPlugin.at_decision:
-            demand = plugin.at_decision(demand, self._running_for(rt.wmsqueue))  # type: ignore[union-attr]
-        return self._share(rt, demand)
+        if self._pass_demands is None:
+            self._pass_demands = self._compute_demands(now)
+        return self._pass_demands.get(rt.name)
 
-    def _share(self, rt: QueueRuntime, demand: Demand) -> Demand:
-        """Split a WMS queue's demand between the factory queues that declare a ``share``."""
-        if rt.config.settings.share is None:
-            return demand
-        peers = [
-            r
-            for r in self.queues.values()
-            if r.wmsqueue == rt.wmsqueue and r.config.settings.share is not None
-        ]
-        from autopyfactory.decide.share import split_demand
+    def _compute_demands(self, now: float) -> dict[str, Demand | None]:
+        """Every queue's part of its WMS demand, once per pass: fresh snapshots only, adjusted by
+        the WMS plugin at decision time, then split between the queues that serve one demand."""
+        from autopyfactory.decide.share import split_demands
 
-        return split_demand(demand, {r.name: r.config.settings.share for r in peers})[rt.name]
+        out: dict[str, Demand | None] = {}
+        groups: dict[int, list[QueueRuntime]] = defaultdict(list)
+        for rt in self.queues.values():
+            if rt.wms_poller is None:
+                out[rt.name] = None
+            else:
+                groups[id(rt.wms_poller)].append(rt)
+        for members in groups.values():
+            poller = members[0].wms_poller
+            assert poller is not None
+            snap = poller.fresh(now)
+            if not isinstance(snap, WmsSnapshot):
+                out.update(dict.fromkeys((r.name for r in members), None))
+                continue
+            plugin = poller.plugin
+            adjust = type(plugin).at_decision is not WmsStatusPlugin.at_decision
+            demands: dict[str, Demand] = {}
+            for key in {r.demand_key for r in members}:
+                demand = snap.demands.get(key) or Demand(key, time=snap.time)
+                demands[key] = plugin.at_decision(demand, self._running_for(key)) if adjust else demand  # type: ignore[union-attr]
+            keys = {r.name: r.demand_key for r in members}
+            out.update(
+                split_demands(demands, [r.config for r in members], key_of=lambda q, k=keys: k[q.name])
+            )
+        return out
 
     def decide_queue(self, rt: QueueRuntime, now: float) -> Decision:
         demand = self._demand(rt, now)
@@ -466,6 +474,7 @@ class Factory:
         """Decide every eligible queue; record decisions; dispatch actions (unless dry-run)."""
         with self._lock:
             self._running_by_wms = None
+            self._pass_demands = None
             for poller in list(self.pollers.values()):
                 snap = poller.latest
                 if isinstance(snap, BatchSnapshot) and self._absorbed.get(id(poller)) != snap.time:
@@ -480,7 +489,8 @@ class Factory:
                 rt.decided_once = True
                 rt.last_batch_time = bsnap.time if bsnap is not None else None
                 rt.last_wms_time = wsnap.time if wsnap is not None else None
-                rt.last_ready = decision.ready
+                raw = wsnap.demands.get(rt.demand_key) if isinstance(wsnap, WmsSnapshot) else None
+                rt.last_ready = raw.ready if raw is not None else 0
                 rt.next_due = now + rt.config.settings.sleep
                 rt.decisions += 1
                 rt.last = decision
@@ -760,6 +770,7 @@ class Factory:
         return {
             "factory": self.factory_id,
             "time": now,
+            "metrics": self.metrics_url,
             "pollers": {p.label: p.state(now) for p in self.pollers.values()},
             "targets": {
                 t: f"backing off for {max(0.0, s.until - now):.0f}s after: {s.error}"

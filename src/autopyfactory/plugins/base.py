@@ -198,10 +198,13 @@ class MonitorPlugin(Plugin):
 
     kind = "monitor"
 
-    def __init__(self, section: str, options: PluginOptions, factory: FactoryContext) -> None:
+    def __init__(
+        self, section: str, options: PluginOptions, factory: FactoryContext, *, url: str | None = None
+    ) -> None:
         self.section = section
         self.options = options
         self.factory = factory
+        self.url = url  # monitor.conf's monitorURL for this section
 
     def register_factory(self, queues: Sequence[str]) -> None:
         pass

@@ -1,0 +1,138 @@
+"""A factory queue fed by the fake PanDA server, with real local pilots; metrics vs apf status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autopyfactory.config.loader import load_factory_config
+from autopyfactory.engine.factory import Factory
+from fakepanda import FakePanda
+from tests.helpers import factory_conf, wait_for, write
+
+APF = str(Path(sys.executable).parent / "apf")
+
+
+@pytest.fixture
+def panda() -> Iterator[FakePanda]:
+    with FakePanda() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    for pid_file in (tmp_path / "state" / "local").glob("*/*/*/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
+
+
+def _conf(tmp: Path, panda: FakePanda, extra_factory: str = "", chain: str = "Ready, MaxPerCycle") -> Path:
+    write(tmp / "pilot.sh", "#!/bin/sh\nsleep 120\n").chmod(0o755)
+    return factory_conf(
+        tmp,
+        f"""
+        [DEFAULT]
+        enabled = True
+        apfqueue.sleep = 1
+        wmsstatusplugin = Panda
+        wmsstatus.panda.url = {panda.api_url}
+        wmsstatus.panda.timeout = 1
+        batchstatusplugin = Local
+        batchsubmitplugin = Local
+        executable = {tmp / "pilot.sh"}
+        schedplugin = {chain}
+        sched.maxpercycle.maximum = 20
+        sched.maxtorun.maximum = 4
+
+        [BNL_PROD-ce01]
+        wmsqueue = BNL_PROD
+        """,
+        extra=f"wmsstatus.panda.sleep = 1\nwmsstatus.panda.maxage = 3\n{extra_factory}",
+    )
+
+
+def _active(tmp: Path) -> int:
+    return len(list((tmp / "state" / "local").glob("*/*/*/started")))
+
+
+def test_pilots_follow_panda_activated_and_faults_submit_nothing(tmp: Path, panda: FakePanda) -> None:
+    clock = [1000.0]
+    factory = Factory(load_factory_config(str(_conf(tmp, panda))), clock=lambda: clock[0])
+    panda.set_jobs("BNL_PROD", "running", 10)  # other jobs exist, so activated=0 is a real answer
+
+    def cycle(ready_in_panda: int, fault: str | None = None, advance: float = 1.0) -> int:
+        panda.fault = fault
+        panda.set_activated("BNL_PROD", ready_in_panda)
+        clock[0] += advance
+        plans = factory.step(clock[0], poll_all=True)
+        assert len(plans) == 1
+        n = plans[0].decision.n
+        # pilots are real processes: wait until every submitted one runs (Ready counts pending)
+        total = sum(1 for _ in (tmp / "state" / "local").glob("*/*/*/tags"))
+        wait_for(lambda: _active(tmp) == total, 20, "pilots to start")
+        return n
+
+    assert cycle(5) == 5
+    assert cycle(0) == 0  # the pilots took the jobs: activated dropped
+    assert cycle(3) == 3
+    assert cycle(0) == 0  # taken again
+    for fault in ("500", "truncated", "close"):
+        # no fresh information: the last good value (0) holds until maxage, never a guess
+        assert cycle(7, fault=fault) == 0, fault
+    # after maxage without a good poll, the demand is missing: Ready gives 0, never a guess
+    assert cycle(7, fault="500", advance=5) == 0
+    assert factory.queues["BNL_PROD-ce01"].last.steps[0].reason.startswith("no WMS info")
+    assert cycle(2) == 2  # recovered
+    assert _active(tmp) == 10
+    factory.shutdown()
+
+
+def test_metrics_match_apf_status_during_a_run(tmp: Path, panda: FakePanda) -> None:
+    panda.set_activated("BNL_PROD", 10)
+    conf = _conf(tmp, panda, chain="Ready, MaxPerCycle, MaxToRun")  # settles at 4 running
+    proc = subprocess.Popen(
+        [APF, "run", "--conf", str(conf), "--no-table", "--log", str(tmp / "apf.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def status() -> dict:
+            out = subprocess.run(
+                [APF, "status", "--conf", str(conf), "--json"], capture_output=True, text=True, timeout=30
+            )
+            return json.loads(out.stdout)
+
+        def settled() -> dict | None:
+            info = status()
+            q = info["queues"]["BNL_PROD-ce01"]
+            return info if info.get("metrics") and q["running"] == 4 else None
+
+        info = wait_for(settled, 60, "4 running pilots in apf status")
+        assert isinstance(info, dict)
+        text = urllib.request.urlopen(info["metrics"], timeout=10).read().decode()
+        metrics = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in text.splitlines()
+            if line.startswith("apf_queue_") and 'queue="BNL_PROD-ce01"' in line
+        }
+        latest = status()["queues"]["BNL_PROD-ce01"]
+        assert metrics['apf_queue_pilots_running{queue="BNL_PROD-ce01"}'] == latest["running"] == 4
+        assert metrics['apf_queue_pilots_pending{queue="BNL_PROD-ce01"}'] == latest["pending"]
+        assert metrics['apf_queue_ready{queue="BNL_PROD-ce01"}'] == latest["demand"]
+        assert metrics['apf_queue_decision{queue="BNL_PROD-ce01"}'] == latest["last_n"]
+        assert metrics['apf_queue_pilots_submitted_total{queue="BNL_PROD-ce01"}'] >= 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
