@@ -14,6 +14,7 @@ from sqlalchemy import Connection, create_engine, delete, event, func, insert, s
 from sqlalchemy.engine import Engine
 
 from autopyfactory.model import Decision, Pilot, PilotState
+from autopyfactory.store import ledger as _ledger  # noqa: F401  (registers the ledger tables)
 from autopyfactory.store.schema import decisions, events, intents, metadata, pilots
 
 

@@ -1,0 +1,261 @@
+"""The quota ledger: durable per-tier counts of pilots started, per UTC period.
+
+Every function works INSIDE the caller's transaction, so a reservation commits or rolls back
+together with the submission intent it belongs to: a crash between ``reserve`` and commit leaves
+no count, and a committed intent always has its count.
+
+Concurrency: ``reserve`` first locks the tier's row in ``ledger_tiers``. On PostgreSQL that is
+``SELECT ... FOR UPDATE`` (plus an UPDATE of the row), so several factory processes sharing one
+database serialise per tier and each sees the others' committed entries (READ COMMITTED takes a
+fresh snapshot per statement). On SQLite the UPDATE makes the transaction a write transaction,
+and SQLite allows one writer at a time; the store should begin transactions with
+``BEGIN IMMEDIATE`` (``use_begin_immediate``) so a transaction never reads before it holds the
+write lock.
+
+Counts: a reservation is an entry ``(tier, time, +n, intent_id, 'reserve')``. A submission that
+failed or created fewer pilots is settled with ``release``: a ``'release'`` entry of ``-k``
+stamped with the reservation's time, so it comes off the period the reservation was counted in,
+even when the release happens after a month rollover.
+
+Pilot-hours: they are not known when a pilot is submitted, so they are accounted from the
+``pilots`` table: each pilot of the tier (``pilots.tier``, or ``pilots.queue`` when no tier is
+recorded) contributes the overlap of ``[started_at, ended_at or now]`` with the period. A
+pilot-hours quota stops new submissions once the hours used in the period reach the limit; it
+does not reserve hours ahead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    event,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy import insert as sa_insert
+from sqlalchemy.exc import IntegrityError
+
+from autopyfactory.config.policy import Quota
+from autopyfactory.decide.periods import Period
+from autopyfactory.store.schema import metadata, pilots
+
+# One row per tier: the lock every reservation for that tier takes first.
+ledger_tiers = Table(
+    "ledger_tiers",
+    metadata,
+    Column("tier", String(512), primary_key=True),
+    Column("updated", Float, nullable=False),
+)
+
+# Reservations (+n) and releases (-n) per tier, stamped with the time they count at.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tier", String(512), nullable=False),
+    Column("time", Float, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("intent_id", String(64)),
+    Column("kind", String(16), nullable=False),  # reserve | release
+    Index("ix_ledger_entries_tier_time", "tier", "time"),
+    Index("ix_ledger_entries_intent", "intent_id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    """One quota's state in the period containing ``now``."""
+
+    quota: Quota
+    period: str  # 2027-01, 2027-W05, 2027-01-31, rolling-7d
+    start: float
+    end: float
+    pilots_used: int
+    pilot_hours_used: float | None  # None when the quota has no pilot-hours limit
+
+    @property
+    def pilots_left(self) -> int | None:
+        if self.quota.pilots is None:
+            return None
+        return max(0, self.quota.pilots - self.pilots_used)
+
+    @property
+    def hours_left(self) -> float | None:
+        if self.quota.pilot_hours is None or self.pilot_hours_used is None:
+            return None
+        return max(0.0, self.quota.pilot_hours - self.pilot_hours_used)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pilots_left == 0 or self.hours_left == 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "per": self.quota.per,
+            "period": self.period,
+            "pilots": self.quota.pilots,
+            "pilots_used": self.pilots_used,
+            "pilot_hours": self.quota.pilot_hours,
+            "pilot_hours_used": self.pilot_hours_used,
+            "exhausted": self.exhausted,
+        }
+
+
+def reserve(conn: Connection, tier: str, quotas: Sequence[Quota], n: int, now: float, intent_id: str) -> int:
+    """Reserve up to ``n`` pilot starts for ``tier`` at ``now``; return how many fit every quota.
+
+    Call it in the same transaction that records the submission intent, then submit at most the
+    granted number. Tiers without quotas are granted ``n`` and the start is still recorded.
+    """
+    if n <= 0:
+        return 0
+    _lock_tier(conn, tier, now)
+    room = remaining(conn, tier, quotas, now)
+    granted = n if room is None else max(0, min(n, room))
+    if granted > 0:
+        conn.execute(
+            sa_insert(ledger_entries).values(
+                tier=tier, time=now, count=granted, intent_id=intent_id, kind="reserve"
+            )
+        )
+    return granted
+
+
+def release(conn: Connection, intent_id: str, n_not_submitted: int) -> int:
+    """Give back pilots an intent reserved but did not submit. Returns how many were released
+    (never more than the intent still holds, so settling twice cannot go negative)."""
+    if n_not_submitted <= 0:
+        return 0
+    rows = conn.execute(
+        select(ledger_entries.c.tier, ledger_entries.c.time, ledger_entries.c.count, ledger_entries.c.kind)
+        .where(ledger_entries.c.intent_id == intent_id)
+        .order_by(ledger_entries.c.id)
+    ).all()
+    reserved = [r for r in rows if r.kind == "reserve"]
+    if not reserved:
+        return 0
+    tier, when = reserved[0].tier, reserved[0].time
+    _lock_tier(conn, tier, when)
+    # re-read under the lock: a concurrent release of the same intent has committed by now
+    held = conn.execute(
+        select(func.coalesce(func.sum(ledger_entries.c.count), 0)).where(
+            ledger_entries.c.intent_id == intent_id
+        )
+    ).scalar_one()
+    give = min(int(n_not_submitted), int(held))
+    if give <= 0:
+        return 0
+    conn.execute(
+        sa_insert(ledger_entries).values(
+            tier=tier, time=when, count=-give, intent_id=intent_id, kind="release"
+        )
+    )
+    return give
+
+
+def usage(conn: Connection, tier: str, quotas: Sequence[Quota], now: float) -> list[QuotaUsage]:
+    """Each quota's use in the period that contains ``now``."""
+    out = []
+    for quota in quotas:
+        period = quota.period
+        start, end = period.bounds(now)
+        used = pilots_started(conn, tier, period, now)
+        hours = pilot_hours(conn, tier, start, end, now) if quota.pilot_hours is not None else None
+        out.append(QuotaUsage(quota, period.key(now), start, end, used, hours))
+    return out
+
+
+def remaining(conn: Connection, tier: str, quotas: Sequence[Quota], now: float) -> int | None:
+    """Pilots the tier may still start now under all its quotas; ``None`` when none limits it.
+    This is the ``quota_left`` the allocation takes (a spent pilot-hours quota gives 0)."""
+    left: int | None = None
+    for u in usage(conn, tier, quotas, now):
+        if u.hours_left == 0.0:
+            return 0
+        if u.pilots_left is not None:
+            left = u.pilots_left if left is None else min(left, u.pilots_left)
+    return left
+
+
+def pilots_started(conn: Connection, tier: str, period: Period, now: float) -> int:
+    """Net reserved starts of ``tier`` in the period of ``period`` containing ``now``."""
+    start, end = period.bounds(now)
+    cond = [ledger_entries.c.tier == tier]
+    if period.kind == "rolling":
+        # no upper bound: an entry stamped slightly ahead by another factory's clock still counts
+        cond.append(ledger_entries.c.time > start)
+    else:
+        # calendar bounds are whole seconds, so this is the floor(t) rule of decide.periods
+        cond += [ledger_entries.c.time >= start, ledger_entries.c.time < end]
+    total = conn.execute(select(func.coalesce(func.sum(ledger_entries.c.count), 0)).where(*cond)).scalar_one()
+    return int(total)
+
+
+def pilot_hours(conn: Connection, tier: str, start: float, end: float, now: float) -> float:
+    """Pilot-hours of ``tier`` inside ``[start, end)``, from pilot start/end times (a pilot still
+    running counts up to ``now``)."""
+    limit = min(end, now)
+    rows = conn.execute(
+        select(pilots.c.started_at, pilots.c.ended_at).where(
+            or_(pilots.c.tier == tier, (pilots.c.tier.is_(None)) & (pilots.c.queue == tier)),
+            pilots.c.started_at.is_not(None),
+            pilots.c.started_at < limit,
+            or_(pilots.c.ended_at.is_(None), pilots.c.ended_at > start),
+        )
+    ).all()
+    seconds = 0.0
+    for started, ended in rows:
+        stop = limit if ended is None else min(ended, limit)
+        seconds += max(0.0, stop - max(started, start))
+    return seconds / 3600.0
+
+
+def _lock_tier(conn: Connection, tier: str, now: float) -> None:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(ledger_tiers).values(tier=tier, updated=now).on_conflict_do_nothing())
+        conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier).with_for_update())
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(ledger_tiers).values(tier=tier, updated=now).on_conflict_do_nothing())
+    else:
+        exists = conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier)).first()
+        if exists is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa_insert(ledger_tiers).values(tier=tier, updated=now))
+            except IntegrityError:
+                pass  # another process created it first
+        conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier).with_for_update())
+    # a write to the row: the row lock on PostgreSQL, the database write lock on SQLite
+    conn.execute(ledger_tiers.update().where(ledger_tiers.c.tier == tier).values(updated=now))
+
+
+def use_begin_immediate(engine: Engine) -> None:
+    """Make an SQLite engine start every transaction with ``BEGIN IMMEDIATE`` (take the write lock
+    first), the SQLite equivalent of the ledger's row lock. No-op for other databases."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # let SQLAlchemy's "begin" event issue BEGIN instead of pysqlite's implicit one
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
