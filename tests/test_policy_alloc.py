@@ -71,10 +71,17 @@ def test_a_capped_spills_to_b_up_to_y_and_c_gets_nothing() -> None:
 
 def test_b_starts_only_once_a_counts_as_full() -> None:
     c = cascade()
-    # A has fewer slots (60) than W: its extra pilots stay pending. Within the tolerance
-    # (5 pending) A is not full, so A keeps taking the demand and B gets nothing.
+    # A has fewer slots (60) than W. With no pilot waiting, A takes all the demand (its slots
+    # may be free) and B gets nothing.
+    alloc = run(c, 90, {"A": TierState(pending=0, running=60)})
+    assert alloc.submits == {"A": 30, "B": 0, "C": 0}
+    # With pilots waiting, A fills only up to its tolerance (5 pending): more would just wait
+    # behind them. At that point A counts as full and the rest goes on to B.
+    alloc = run(c, 90, {"A": TierState(pending=2, running=60)})
+    assert alloc.submits == {"A": 3, "B": 25, "C": 0}
+    assert alloc.tier("A").status is TierStatus.FULL
     alloc = run(c, 90, {"A": TierState(pending=5, running=60)})
-    assert alloc.submits == {"A": 25, "B": 0, "C": 0}
+    assert alloc.submits == {"A": 0, "B": 25, "C": 0}
     # 30 pending > 5: A is full; the 25 pilots beyond its tolerance are not starting, so their
     # demand goes on to B in the same cycle
     alloc = run(c, 90, {"A": TierState(pending=30, running=60)})

@@ -36,7 +36,7 @@ def test_example_policy_is_the_issue_in_a_few_lines() -> None:
         20,
         {"capped", "full", "backoff"},
     )
-    assert a.full is not None and a.full.oldest_pending == 1800
+    assert a.full is not None and a.full.pending == 20
     assert (b.queue, b.cap, b.spill_on) == ("B", 100, ("quota", "backoff"))
     assert b.quotas[0].pilots == 3000 and b.quotas[0].period.kind == "month"
     assert (c.queue, c.cap, c.cost_per_hour) == ("C", None, 0.10)

@@ -179,6 +179,10 @@ def check_allocation(
             conditions.add("backoff")
         if _full(tier, s, now):
             conditions.add("full")
+        waiting = s.pending - _written_off(tier, s, now)
+        threshold = tier.full.pending if tier.full is not None else None
+        if threshold is not None and waiting > 0 and waiting + a.submit >= threshold:
+            conditions.add("full")  # a tier with pilots waiting fills only to its threshold
         if tier.cap is not None and s.active + a.submit >= tier.cap:
             conditions.add("capped")
         if left is not None and left - a.submit <= 0:
@@ -187,7 +191,10 @@ def check_allocation(
         could_take.append(not conditions)
         if _blocked_by_hysteresis(tier, s, now):
             # within the hysteresis time only written-off pilots go
-            assert a.retire == 0 and a.cancel <= _written_off(tier, s, now), (tier.queue, alloc.describe())
+            assert a.retire == 0 and a.cancel - a.withdrawn <= _written_off(tier, s, now), (
+                tier.queue,
+                alloc.describe(),
+            )
     # a tier is reached by demand only through tiers that stopped on a condition they pass on
     reached = [all(stopped[k] & set(tiers[k].spill_on) for k in range(j)) for j in range(len(tiers))]
     for j, tier in enumerate(tiers):
@@ -211,7 +218,14 @@ def check_allocation(
     # its written-off pilots, every later tier gives back all it is allowed to
     for i, tier in enumerate(tiers):
         a, s = alloc.tier(tier.queue), states[tier.queue]
-        gives = a.cancel - (_written_off(tier, s, now) if tier.drain.cancel_pending else 0) + a.retire
+        # (pending pilots a full tier withdrew because later tiers took their demand are a move,
+        # not a scale-down)
+        gives = (
+            a.cancel
+            - a.withdrawn
+            - (_written_off(tier, s, now) if tier.drain.cancel_pending else 0)
+            + a.retire
+        )
         if gives <= 0:
             continue
         for later in tiers[i + 1 :]:

@@ -12,8 +12,8 @@ from autopyfactory.store.api import Store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("explain", help="show a queue's recent decisions and why")
-    parser.add_argument("queue")
+    parser = subparsers.add_parser("explain", help="show a queue's or cascade's recent decisions and why")
+    parser.add_argument("queue", help="a queue section, or a cascade name from the policy")
     add_conf(parser)
     parser.add_argument("-n", "--last", type=int, default=5, help="how many decisions (default 5)")
     parser.add_argument("--json", action="store_true")
@@ -24,9 +24,15 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.conf)
     if config is None:
         return 1
-    if args.queue not in config.queues:
-        print(f"apf explain: no queue {args.queue!r}{did_you_mean(args.queue, list(config.queues))}")
+    cascades = [c.name for c in config.policy.cascades] if config.policy is not None else []
+    name = args.queue
+    if name in cascades:
+        name = f"cascade:{name}"
+    elif name not in config.queues and name.removeprefix("cascade:") not in cascades:
+        known = list(config.queues) + cascades
+        print(f"apf explain: no queue or cascade {args.queue!r}{did_you_mean(args.queue, known)}")
         return 2
+    args.queue = name
     store = Store(config.settings.database_url())
     rows = store.decisions(config.factory_id, args.queue, args.last)
     events = store.events(config.factory_id, args.queue, limit=args.last)

@@ -278,6 +278,15 @@ def load_factory_config(conf: str | os.PathLike[str] | Sequence[str]) -> Factory
                         line, queue.name, "monitorsection", f"no monitor.conf section {section!r}{hint}"
                     )
                 )
+    policy = None
+    if settings.policyConf:
+        from autopyfactory.config.policy import check_queues, load_policy
+
+        try:
+            policy = load_policy(settings.policyConf)
+            problems.extend(check_queues(policy, queues, file=settings.policyConf))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if any(not p.warning for p in problems):
         raise ConfigError(problems)
     return FactoryConfig(
@@ -288,6 +297,7 @@ def load_factory_config(conf: str | os.PathLike[str] | Sequence[str]) -> Factory
         files=tuple(dict.fromkeys([*raw.files, *queue_raw.files])),
         warnings=tuple(str(p) for p in problems if p.warning),
         factory_raw=fvalues,
+        policy=policy,
     )
 
 

@@ -174,6 +174,8 @@ class FactoryConfig:
     warnings: tuple[str, ...] = ()
     # [Factory] as read, for keys named after plugins (``wmsstatus.panda.sleep``, ``...maxage``)
     factory_raw: Mapping[str, str] = field(default_factory=dict)
+    # the provisioning policy (policyConf), cross-checked against the queues
+    policy: Any = None
 
     @property
     def factory_id(self) -> str:

@@ -46,6 +46,8 @@ class TierState:
     stale: int = 0  # pending pilots that waited longer than the tier's full.oldest_pending
     backoff_until: float | None = None  # set by the engine after a capacity/quota error
     last_scale_up: float | None = None  # time of the tier's last submission
+    # running pilots when the tier last counted as full: its observed capacity (None: unknown)
+    capacity_hint: int | None = None
 
     @property
     def active(self) -> int:
@@ -110,6 +112,11 @@ class TierAllocation:
     quota_left: int | None = None  # pilot quota left before this cycle (None: no pilot quota)
     # set when this cycle backed the tier off (a provisioning deadline passed): the engine stores it
     backoff_until: float | None = None
+    # cancel the most recently submitted pending pilots (a full tier withdrawing the ones at the
+    # back of its queue) rather than the longest-waiting ones (overdue pilots)
+    cancel_newest: bool = False
+    # of ``cancel``: pending pilots a full tier withdrew because later tiers took their demand
+    withdrawn: int = 0
 
     @property
     def reason(self) -> str:
@@ -177,8 +184,16 @@ class CascadeAllocation:
                 for label, n in (("submit", t.submit), ("cancel", t.cancel), ("retire", t.retire))
                 if n
             ]
+            limits = []
+            if t.cap_room is not None:
+                limits.append(f"cap room {t.cap_room}")
+            if t.quota_left is not None:
+                limits.append("out of quota" if t.quota_left <= 0 else f"quota left {t.quota_left}")
             lines.append(
-                f"  {t.tier}: {t.status}" + (f" -> {', '.join(acts)}" if acts else "") + f" ({t.reason})"
+                f"  {t.tier}: {t.status}"
+                + (f" -> {', '.join(acts)}" if acts else "")
+                + f" ({t.reason})"
+                + (f" [{', '.join(limits)}]" if limits else "")
             )
         return lines
 
@@ -204,6 +219,8 @@ class _Work:
     backoff_until: float | None = None
     full: bool = False
     not_starting: int = 0
+    cancel_newest: bool = False
+    withdrawn: int = 0
     submit: int = 0
     cancel: int = 0
     retire: int = 0
@@ -259,7 +276,7 @@ def allocate(
     unmet = demand - sum(w.counted for w in work)
     unallocated = 0
     if unmet > 0:
-        unallocated = _scale_up(work, unmet, event)
+        unallocated = _scale_up(work, unmet, event, now)
     elif demand < supply:
         # give back against everything that exists, counted or not, so zero demand empties all
         unmet = demand - supply
@@ -282,6 +299,8 @@ def allocate(
             cap_room=w.cap_room,
             quota_left=w.quota_room,
             backoff_until=w.backoff_until,
+            cancel_newest=w.cancel_newest,
+            withdrawn=w.withdrawn,
         )
         for w in work
     )
@@ -340,7 +359,7 @@ def _observe(w: _Work, now: float, event: _Events) -> None:
             w.reasons.append(f"{w.not_starting} pending pilot(s) not counted as supply")
 
 
-def _scale_up(work: list[_Work], unmet: int, ev: _Events) -> int:
+def _scale_up(work: list[_Work], unmet: int, ev: _Events, now: float) -> int:
     remaining = unmet
     for i, w in enumerate(work):
         if remaining <= 0:
@@ -357,16 +376,35 @@ def _scale_up(work: list[_Work], unmet: int, ev: _Events) -> int:
             blocked.add("quota")
         if cap_room == 0:
             blocked.add("capped")
+        # A tier that already has pilots waiting takes no more than its full condition tolerates:
+        # filling it past that only makes it full next cycle and moves the demand then (churn).
+        pending_room = None
+        waiting = w.state.pending - w.written_off
+        full = w.tier.full
+        if full is not None and full.pending is not None and waiting > 0:
+            pending_room = max(0, full.pending - waiting)
+        hint = w.state.capacity_hint
+        if full is not None and hint is not None:
+            # the tier filled up at ``hint`` running before: fill it to that plus what it tolerates
+            # waiting, not to its cap (which only makes it full again and moves the demand: churn)
+            tolerated = full.pending or 0
+            hint_room = max(0, hint + tolerated - (w.state.running + waiting))
+            pending_room = hint_room if pending_room is None else min(pending_room, hint_room)
+        if pending_room == 0:
+            blocked.add("full")
         if blocked:
             take = 0
         else:
-            room = _min_room(cap_room, quota_room)
+            room = _min_room(cap_room, quota_room, pending_room)
             take = remaining if room is None else min(remaining, room)
             if take < remaining:
                 if cap_room is not None and cap_room == take:
                     blocked.add("capped")
                 if quota_room is not None and quota_room == take:
                     blocked.add("quota")
+                if pending_room is not None and pending_room == take:
+                    blocked.add("full")
+                    w.reasons.append(f"filled to what it can start: {waiting + take} pending")
         w.submit = take
         remaining -= take
         if take:
@@ -404,8 +442,29 @@ def _scale_up(work: list[_Work], unmet: int, ev: _Events) -> int:
             for later in work[i + 1 :]:
                 later.status = TierStatus.WAITING
                 later.reasons.append(f"waiting: {w.tier.queue} is {held} and does not pass demand on")
-        return remaining
+            _withdraw_not_starting(work, now)
+            return remaining
+    _withdraw_not_starting(work, now)
     return max(0, remaining)
+
+
+def _withdraw_not_starting(work: list[_Work], now: float) -> None:
+    """A full tier's pending pilots that are not starting, whose demand later tiers took this
+    cycle, are cancelled: kept, they would start later on top of the later tiers' pilots and
+    the cascade would over-provision, then drain the costlier tiers again (flapping)."""
+    for i, w in enumerate(work):
+        if not (w.full and w.not_starting and w.tier.drain.cancel_pending):
+            continue
+        since, hysteresis = w.state.last_scale_up, w.tier.drain.hysteresis
+        if hysteresis > 0 and since is not None and now - since < hysteresis:
+            continue  # no scale-down of any kind right after a scale-up
+        later = sum(x.submit for x in work[i + 1 :])
+        k = min(w.not_starting, later)
+        if k > 0:
+            w.cancel += k
+            w.withdrawn = k
+            w.cancel_newest = True
+            w.reasons.append(f"withdraws {k} pending pilot(s) that are not starting (their demand moved on)")
 
 
 def _scale_down(work: list[_Work], excess: int, now: float, ev: _Events) -> None:

@@ -19,10 +19,22 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from autopyfactory.config.models import FactoryConfig, QueueConfig
 from autopyfactory.decide.base import SchedContext, SchedPlugin, run_chain
+from autopyfactory.decide.policy import TierState, allocate, backoff_after_error
 from autopyfactory.decide.retire import select_for_retire
 from autopyfactory.decide.supply import aggregate
+from autopyfactory.engine.cascade import (
+    CascadeRuntime,
+    cascade_decision,
+    learn_capacity,
+    new_events,
+    tier_actions,
+    tier_decision,
+    tier_state,
+)
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.pollers import Poller, PollerThread
@@ -51,6 +63,7 @@ from autopyfactory.plugins.base import (
     MonitorPlugin,
     WmsStatusPlugin,
 )
+from autopyfactory.store import ledger
 from autopyfactory.store.api import Store
 
 log = logging.getLogger("autopyfactory.factory")
@@ -73,6 +86,8 @@ class QueueRuntime:
     monitors: list[MonitorPlugin] = field(default_factory=list)
     # key of this queue's Demand in its WMS snapshot (the wmsqueue, or a filtered variant)
     demand_key: str = ""
+    # the cascade this queue is a tier of: the cascade's allocation replaces its own chain
+    cascade: str | None = None
     decided_once: bool = False
     last_batch_time: float | None = None
     last_wms_time: float | None = None
@@ -104,8 +119,12 @@ class Factory:
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
         observers: Iterable[Observer] = (),
+        record_pilots: bool = True,
     ) -> None:
+        """``record_pilots=False`` (the simulator) keeps no per-pilot rows in the store; decisions,
+        intents, the quota ledger and events are recorded as always."""
         self.config = config
+        self.record_pilots = record_pilots
         self.factory_id = config.factory_id
         self.dry_run = dry_run
         self.clock = clock
@@ -116,11 +135,14 @@ class Factory:
         self.started_at = clock()
         self.pollers: dict[Hashable, Poller] = {}
         self.queues: dict[str, QueueRuntime] = {}
+        self.cascades: dict[str, CascadeRuntime] = {}
         self.monitors: dict[str, MonitorPlugin] = {}
         self.targets: dict[str, TargetState] = defaultdict(TargetState)
         self._pilots: dict[str, list[Pilot]] = {}
         self._supply: dict[int, tuple[float, dict[str, Supply], int]] = {}
-        self._known: dict[tuple[str, str], Pilot] = {}
+        # per batch poller: every pilot it last reported (or we just submitted), by (queue, id)
+        self._known: dict[int, dict[tuple[str, str], Pilot]] = {}
+        self._changed: list[Pilot] = []
         self._absorbed: dict[int, float] = {}
         self._adopted: set[int] = set()
         self._my_intents: set[str] = set()
@@ -197,8 +219,36 @@ class Factory:
             if runtime.wms_poller is not None:
                 runtime.wms_poller.plugin.register(runtime.config)
         self.queues = queues
+        self._build_cascades(config)
         if not self._inline:
             self._start_poller_threads()
+
+    def _build_cascades(self, config: FactoryConfig) -> None:
+        old = self.cascades
+        self.cascades = {}
+        for rt in self.queues.values():
+            rt.cascade = None
+        if config.policy is None:
+            return
+        scale_ups: dict[str, float] | None = None
+        for cascade in config.policy.cascades:
+            tiers = [self.queues[t.queue] for t in cascade.ordered if t.queue in self.queues]
+            if not tiers:
+                continue
+            cr = CascadeRuntime(cascade, tiers)
+            previous = old.get(cascade.name)
+            if previous is not None:  # a reload keeps the cascade's memory
+                cr.backoff_until = previous.backoff_until
+                cr.capacity_hint = previous.capacity_hint
+                cr.last_scale_up = previous.last_scale_up
+                cr.last_event_keys = previous.last_event_keys
+            else:
+                if scale_ups is None:
+                    scale_ups = self.store.last_intent_times(self.factory_id)
+                cr.last_scale_up = {rt.name: scale_ups[rt.name] for rt in tiers if rt.name in scale_ups}
+            for rt in tiers:
+                rt.cascade = cascade.name
+            self.cascades[cascade.name] = cr
 
     @staticmethod
     def _poller_key(poller: Poller) -> Hashable:
@@ -286,6 +336,7 @@ class Factory:
             self._sync_store(poller, snap, {r.name for r in mine}, now)
             if id(poller) not in self._adopted:
                 self._settle_open_intents(snap, {r.name for r in mine}, now)
+                self._reconcile_store(poller, snap, {r.name for r in mine}, now)
                 self._adopted.add(id(poller))
         unknown = sorted(set(by_queue) - set(self.queues))
         if unknown and id(poller) not in self._absorbed:
@@ -296,26 +347,25 @@ class Factory:
         self._absorbed[id(poller)] = snap.time
 
     def _sync_store(self, poller: Poller, snap: BatchSnapshot, queues: set[str], now: float) -> None:
-        seen: set[tuple[str, str]] = set()
+        old = self._known.get(id(poller), {})
+        new: dict[tuple[str, str], Pilot] = {}
         changed: list[Pilot] = []
         for pilot in snap.pilots:
             key = (pilot.queue, pilot.backend_id)
-            seen.add(key)
-            previous = self._known.get(key)
+            previous = old.get(key)
             if previous is None or previous.state != pilot.state:
                 changed.append(pilot)
-            self._known[key] = pilot
-        # active pilots the backend no longer lists (and that existed before this poll began)
-        for key, pilot in list(self._known.items()):
-            if key[0] in queues and key not in seen:
-                if pilot.state.active and (pilot.submitted_at or 0.0) < snap.time:
-                    changed.append(_with_state(pilot, PilotState.UNKNOWN))
-                del self._known[key]
-        if changed:
-            try:
-                self.store.record_pilots(self.factory_id, changed, now)
-            except Exception:
-                log.exception("store: recording %d pilot changes failed", len(changed))
+            new[key] = pilot
+        for key, pilot in old.items():
+            if key in new:
+                continue
+            if pilot.submitted_at is not None and pilot.submitted_at >= snap.time:
+                new[key] = pilot  # submitted after this poll began: not visible yet
+            elif pilot.state.active:
+                # an active pilot the backend no longer lists: the backend is the truth
+                changed.append(_with_state(pilot, PilotState.UNKNOWN))
+        self._known[id(poller)] = new
+        self._changed.extend(changed)
 
     def _settle_open_intents(self, snap: BatchSnapshot, queues: set[str], now: float) -> None:
         """After a restart: intents left open by a crash are settled from what the backend shows."""
@@ -336,6 +386,35 @@ class Factory:
                 f"intent {intent.id} ({intent.n} asked): {found} pilots found in the backend, settled as {status}",
                 intent.queue,
             )
+
+    def _reconcile_store(self, poller: Poller, snap: BatchSnapshot, queues: set[str], now: float) -> None:
+        """After a restart: pilots the store still thinks active but the backend no longer lists
+        are settled by the backend if it can (Slurm: sacct), else marked unknown (never done)."""
+        listed = {(p.queue, p.backend_id) for p in snap.pilots}
+        active = [s.value for s in PilotState if s.active]
+        stale = [
+            _pilot_from_row(row)
+            for queue in queues
+            for row in self.store.pilots(self.factory_id, queue, states=active)
+            if (row["queue"], row["backend_id"]) not in listed and (row["submitted_at"] or 0.0) < snap.time
+        ]
+        if not stale:
+            return
+        settle = getattr(poller.plugin, "settle", None)
+        settled: list[Pilot] = []
+        if callable(settle):
+            try:
+                settled = list(settle(stale, now))
+            except Exception as exc:
+                log.warning(
+                    "%s: cannot settle %d vanished pilots: %s", poller.label, len(stale), _message(exc)
+                )
+        done = {p.backend_id for p in settled}
+        settled += [_with_state(p, PilotState.UNKNOWN) for p in stale if p.backend_id not in done]
+        self._changed.extend(settled)
+        self._event(
+            "reconcile", f"{poller.label}: {len(stale)} pilots left the backend while we were away; settled"
+        )
 
     def _supply_for(self, poller: Poller, snap: BatchSnapshot) -> tuple[dict[str, Supply], int]:
         cached = self._supply.get(id(poller))
@@ -479,9 +558,18 @@ class Factory:
                 snap = poller.latest
                 if isinstance(snap, BatchSnapshot) and self._absorbed.get(id(poller)) != snap.time:
                     self._absorb(poller, snap, now)
+            if self._changed and not self.record_pilots:
+                self._changed = []
+            if self._changed:
+                changed, self._changed = self._changed, []
+                try:  # every endpoint's pilot changes in one transaction
+                    self.store.record_pilots(self.factory_id, changed, now)
+                except Exception:
+                    log.exception("store: recording %d pilot changes failed", len(changed))
             plans: list[Plan] = []
+            extra: list[Decision] = []
             for rt in self.queues.values():
-                if not self._eligible(rt, now, force):
+                if rt.cascade is not None or not self._eligible(rt, now, force):
                     continue
                 decision = self.decide_queue(rt, now)
                 bsnap = rt.batch_poller.latest
@@ -495,10 +583,17 @@ class Factory:
                 rt.decisions += 1
                 rt.last = decision
                 plans.append(Plan(rt.name, decision, self._actions(rt, decision, now)))
-            if not plans:
+            for cr in self.cascades.values():
+                if self._cascade_eligible(cr, now, force):
+                    tier_plans, summary = self._decide_cascade(cr, now)
+                    plans.extend(tier_plans)
+                    extra.append(summary)
+            if not plans and not extra:
                 return plans
             try:
-                ids = self.store.record_decisions(self.factory_id, [p.decision for p in plans], self.dry_run)
+                ids = self.store.record_decisions(
+                    self.factory_id, [p.decision for p in plans] + extra, self.dry_run
+                )[: len(plans)]
             except Exception:
                 log.exception("store: recording %d decisions failed", len(plans))
                 ids = [None] * len(plans)
@@ -511,7 +606,112 @@ class Factory:
                     _safe(monitor.update_label, rt.name, message)
                 if not self.dry_run:
                     self._dispatch(rt, plan, decision_id)
-            return plans
+        if self._inline and not self.dry_run and any(cr.redrive for cr in self.cascades.values()):
+            # a tier refused (capacity, quota, unreachable): its demand goes on in this same cycle
+            plans = plans + self._redrive(now)
+        return plans
+
+    def _redrive(self, now: float) -> list[Plan]:
+        more: list[Plan] = []
+        for _ in range(max((len(cr.tiers) for cr in self.cascades.values()), default=0)):
+            if not any(cr.redrive for cr in self.cascades.values()):
+                break
+            with self._lock:
+                self._pass_demands = None
+                batch: list[Plan] = []
+                extra: list[Decision] = []
+                for cr in self.cascades.values():
+                    if cr.redrive and self._cascade_eligible(cr, now, True):
+                        tier_plans, summary = self._decide_cascade(cr, now)
+                        batch.extend(tier_plans)
+                        extra.append(summary)
+                ids = self.store.record_decisions(self.factory_id, [p.decision for p in batch] + extra)
+                for plan, decision_id in zip(batch, ids, strict=False):
+                    self._dispatch(self.queues[plan.queue], plan, decision_id)
+                more.extend(batch)
+        return more
+
+    # -- cascades ---------------------------------------------------------------------------------
+    def _cascade_eligible(self, cr: CascadeRuntime, now: float, force: bool) -> bool:
+        if any(rt.inflight for rt in cr.tiers):
+            return False
+        times: dict[str, float | None] = {}
+        for rt in cr.tiers:
+            snap = rt.batch_poller.latest
+            times[rt.name] = snap.time if snap is not None else None
+            if snap is not None and rt.last_action_done and snap.time <= rt.last_action_done:
+                return False  # our last action on this tier is not visible yet
+        if cr.redrive:
+            return True
+        if cr.decisions and times == cr.seen_batch:
+            return False  # nothing new about any tier
+        return force or now >= cr.next_due
+
+    def _cascade_demand(self, cr: CascadeRuntime, now: float) -> int | None:
+        for rt in cr.tiers:
+            if rt.wms_poller is None:
+                continue
+            snap = rt.wms_poller.fresh(now)
+            if not isinstance(snap, WmsSnapshot):
+                return None
+            demand = snap.demands.get(cr.cascade.demand)
+            return demand.ready if demand is not None else 0
+        return None
+
+    def _quota_left(self, cr: CascadeRuntime, now: float) -> dict[str, int | None]:
+        tiers = [t for t in cr.cascade.tiers if t.quotas]
+        if not tiers:
+            return {}
+        with self.store.engine.connect() as conn:
+            return {t.queue: ledger.remaining(conn, t.queue, t.quotas, now) for t in tiers}
+
+    def _decide_cascade(self, cr: CascadeRuntime, now: float) -> tuple[list[Plan], Decision]:
+        cr.redrive = False
+        cr.decisions += 1
+        cr.next_due = now + min(rt.config.settings.sleep for rt in cr.tiers)
+        cr.seen_batch = {
+            rt.name: (rt.batch_poller.latest.time if rt.batch_poller.latest else None) for rt in cr.tiers
+        }
+        demand = self._cascade_demand(cr, now)
+        states: dict[str, TierState] = {}
+        supplies: dict[str, Supply] = {}
+        missing = [rt.name for rt in cr.tiers if not isinstance(rt.batch_poller.fresh(now), BatchSnapshot)]
+        if demand is None or missing:
+            why = (
+                "no WMS info (missing or stale)"
+                if demand is None
+                else f"no batch info for {', '.join(missing)}"
+            )
+            return [], Decision(cr.label, 0, (Step(f"Cascade:{cr.name}", 0, 0, f"holding: {why}"),), now)
+        for rt in cr.tiers:
+            supply = self._supply_of(rt, now) or Supply(rt.name, time=now)
+            supplies[rt.name] = supply
+            states[rt.name] = tier_state(cr.tier(rt.name), supply, self._pilots.get(rt.name, []), now, cr)
+        alloc = allocate(cr.cascade, demand, states, self._quota_left(cr, now), now)
+        learn_capacity(cr, alloc, states)
+        cr.last = alloc
+        for t in alloc.tiers:
+            if t.backoff_until is not None:
+                cr.backoff_until[t.tier] = t.backoff_until
+        for event in new_events(cr, alloc.events):
+            self._event(event.kind, f"{event.tier}: {event.message}", cr.label)
+        plans = []
+        for t in alloc.tiers:
+            rt = self.queues[t.tier]
+            decision = tier_decision(alloc, t, supplies[t.tier], now)
+            actions: tuple[Action, ...] = ()
+            target = self.targets.get(rt.submitter.target()) if rt.submitter is not None else None
+            if rt.submitter is not None and not (target is not None and target.until > now):
+                killorder = getattr(rt.submitter.options, "overlay_killorder", "newest")
+                actions = tier_actions(t, self._pilots.get(t.tier, []), killorder)
+            bsnap = rt.batch_poller.latest
+            rt.decided_once = True
+            rt.last_batch_time = bsnap.time if bsnap is not None else None
+            rt.next_due = now + rt.config.settings.sleep
+            rt.decisions += 1
+            rt.last = decision
+            plans.append(Plan(rt.name, decision, actions))
+        return plans, cascade_decision(cr, alloc, states)
 
     def _supply_of(self, rt: QueueRuntime, now: float) -> Supply | None:
         snap = rt.batch_poller.fresh(now)
@@ -553,30 +753,61 @@ class Factory:
             self._target_ok(target)
         except Exception as exc:
             self._target_failed(rt, target, exc)
-        finally:
+            self._tier_failed(rt, exc)
+            self._action_done(rt, changed=False)
+        else:
             self._action_done(rt)
 
     def _submit(
         self, rt: QueueRuntime, submitter: BatchSubmitPlugin, n: int, decision_id: int | None
     ) -> None:
         now = self.clock()
-        intent_id, granted = self.store.open_intent(self.factory_id, rt.name, n, now, decision_id)
+        cr = self.cascades.get(rt.cascade) if rt.cascade else None
+        tier = cr.tier(rt.name) if cr is not None else None
+        reserve = None
+        if tier is not None:
+            # the quota count is written in the same transaction as the intent (crash-safe)
+            def reserve(conn: Connection, intent_id: str) -> int:
+                return ledger.reserve(conn, tier.queue, tier.quotas, n, now, intent_id)
+
+        intent_id, granted = self.store.open_intent(
+            self.factory_id, rt.name, n, now, decision_id, tier=tier.queue if tier else None, reserve=reserve
+        )
         if granted <= 0:
             return
         self._my_intents.add(intent_id)
         tags = PilotTags(self.factory_id, rt.name, intent_id)
+        release = None
+        if tier is not None:
+
+            def release(conn: Connection, k: int = granted) -> None:
+                ledger.release(conn, intent_id, k)
+
         try:
             pilots = list(submitter.submit(granted, tags, now))
         except Exception as exc:
-            self.store.settle_intent(intent_id, "failed", 0, self.clock(), error=_message(exc))
+            self.store.settle_intent(
+                intent_id, "failed", 0, self.clock(), error=_message(exc), release=release
+            )
             raise
         if _FAULT == "crash-after-submit":
             os._exit(137)  # test hook: die like kill -9 between the backend call and the record
         done = self.clock()
-        self.store.record_pilots(self.factory_id, pilots, done)
+        known = self._known.setdefault(id(rt.batch_poller), {})
         for pilot in pilots:
-            self._known.setdefault((pilot.queue, pilot.backend_id), pilot)
-        self.store.settle_intent(intent_id, "submitted", len(pilots), done)
+            known.setdefault((pilot.queue, pilot.backend_id), pilot)
+        shortfall = None
+        if tier is not None and len(pilots) < granted:
+
+            def shortfall(conn: Connection, k: int = granted - len(pilots)) -> None:
+                ledger.release(conn, intent_id, k)
+
+        recorded = pilots if self.record_pilots else []
+        self.store.record_submission(
+            self.factory_id, intent_id, recorded, done, release=shortfall, submitted=len(pilots)
+        )
+        if cr is not None:
+            cr.last_scale_up[rt.name] = now
         log.info("queue %s: submitted %d pilots (intent %s)", rt.name, len(pilots), intent_id)
         for observer in self.observers:
             _safe(observer.on_submitted, rt.name, pilots)
@@ -591,9 +822,27 @@ class Factory:
         finally:
             self._action_done(rt)
 
-    def _action_done(self, rt: QueueRuntime) -> None:
+    def _tier_failed(self, rt: QueueRuntime, exc: Exception) -> None:
+        """A tier whose backend refused (capacity, quota) or failed is skipped for its backoff time,
+        and its cascade allocates again at once so the demand moves on."""
+        cr = self.cascades.get(rt.cascade) if rt.cascade else None
+        if cr is None:
+            return
+        now = self.clock()
+        until = backoff_after_error(cr.tier(rt.name), now)
+        cr.backoff_until[rt.name] = until
+        cr.redrive = True
+        kind = "capacity" if isinstance(exc, BackendError) and exc.capacity else "failure"
+        self._event(
+            "backoff",
+            f"tier {rt.name} backed off until {until:.0f} after a {kind}: {_message(exc)}",
+            cr.label,
+        )
+
+    def _action_done(self, rt: QueueRuntime, changed: bool = True) -> None:
         rt.inflight -= 1
-        rt.last_action_done = self.clock()
+        if changed:
+            rt.last_action_done = self.clock()
         thread = self._threads.get(id(rt.batch_poller))
         if thread is not None:
             thread.kick.set()  # poll soon so the next decision sees what we did
@@ -771,7 +1020,7 @@ class Factory:
             "factory": self.factory_id,
             "time": now,
             "metrics": self.metrics_url,
-            "pollers": {p.label: p.state(now) for p in self.pollers.values()},
+            "pollers": {p.label: _poller_state(p, now) for p in self.pollers.values()},
             "targets": {
                 t: f"backing off for {max(0.0, s.until - now):.0f}s after: {s.error}"
                 for t, s in self.targets.items()
@@ -787,6 +1036,13 @@ class Factory:
                 }
                 for r in self.queues.values()
             },
+            "cascades": {
+                c.name: {
+                    "backoff_until": {t: u for t, u in c.backoff_until.items() if u > now},
+                    "last": c.last.as_dict() if c.last is not None else None,
+                }
+                for c in self.cascades.values()
+            },
         }
 
     def _write_status(self, now: float) -> None:
@@ -800,6 +1056,16 @@ class Factory:
             log.debug("cannot write %s", path, exc_info=True)
 
 
+def _poller_state(poller: Poller, now: float) -> str:
+    state = poller.state(now)
+    transport = getattr(poller.plugin, "transport", None)  # SSH targets say whether they back off
+    if transport is not None and callable(getattr(transport, "state", None)):
+        tstate = transport.state()
+        if tstate and tstate != "ok":
+            state += f" (transport: {tstate})"
+    return state
+
+
 def status_path(config: FactoryConfig) -> Path:
     return config.settings.state_path / f"status-{config.factory_id}.json"
 
@@ -807,6 +1073,22 @@ def status_path(config: FactoryConfig) -> Path:
 def _label_message(decision: Decision) -> str:
     """APF's monitor message: one ``Name:in=..,out=..`` item per step, ';'-joined."""
     return ";".join(f"{s.plugin}:in={s.n_in},ret={s.n_out}" for s in decision.steps)
+
+
+def _pilot_from_row(row: dict[str, object]) -> Pilot:
+    return Pilot(
+        backend_id=str(row["backend_id"]),
+        queue=str(row["queue"]),
+        state=PilotState(str(row["state"])),
+        intent_id=row["intent_id"],  # type: ignore[arg-type]
+        submitted_at=row["submitted_at"],  # type: ignore[arg-type]
+        started_at=row["started_at"],  # type: ignore[arg-type]
+        ended_at=row["ended_at"],  # type: ignore[arg-type]
+        instance_id=row["instance_id"],  # type: ignore[arg-type]
+        node=row["node"],  # type: ignore[arg-type]
+        tier=row["tier"],  # type: ignore[arg-type]
+        exit_code=row["exit_code"],  # type: ignore[arg-type]
+    )
 
 
 def _with_state(pilot: Pilot, state: PilotState) -> Pilot:

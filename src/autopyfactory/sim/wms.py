@@ -20,6 +20,7 @@ from autopyfactory.plugins.base import FactoryContext, PluginOptions, WmsStatusP
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
+    from autopyfactory.sim.trace import DemandTrace
 
 
 def parse_steps(text: str) -> tuple[tuple[float, int], ...]:
@@ -99,6 +100,8 @@ class SimWmsStatus(WmsStatusPlugin):
         self.sources: dict[str, _Source] = {}
         self.start: float | None = None
         self._traces: dict[str, object] = {}
+        # set by the simulator: one trace (absolute times) for every WMS queue
+        self.trace_override: DemandTrace | None = None
 
     def register(self, queue: QueueConfig) -> None:
         options = queue.plugin_options("wmsstatus")
@@ -116,6 +119,16 @@ class SimWmsStatus(WmsStatusPlugin):
             self.start = now
         elapsed = now - self.start
         demands = {}
+        if self.trace_override is not None:
+            for wmsqueue in {*self.trace_override.wmsqueues, *self.sources}:
+                source = self.sources.get(wmsqueue)
+                demands[wmsqueue] = Demand(
+                    wmsqueue=wmsqueue,
+                    ready=self.trace_override.at(wmsqueue, now),
+                    site_status=source.options.site_status if source else "online",
+                    time=now,
+                )
+            return WmsSnapshot(time=now, demands=demands)
         for wmsqueue, source in self.sources.items():
             trace_value = None
             if source.options.trace:

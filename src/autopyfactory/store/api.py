@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from autopyfactory.model import Decision, Pilot, PilotState
@@ -35,16 +35,19 @@ def new_intent_id() -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, durable: bool = True) -> None:
+        """``durable=False`` (the simulator) trades crash durability of the last commits for speed."""
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas if durable else _sqlite_fast_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin_immediate)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._create_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._pilot_rows: dict[tuple[str, str, str], tuple[int, str]] = {}
         with self._create_lock:
             metadata.create_all(self.engine)
 
@@ -165,6 +168,16 @@ class Store:
                 for r in conn.execute(query)
             ]
 
+    def last_intent_times(self, factory_id: str) -> dict[str, float]:
+        """Each queue's latest submission intent (a tier's last scale-up, after a restart)."""
+        query = (
+            select(intents.c.queue, func.max(intents.c.created))
+            .where(intents.c.factory_id == factory_id, intents.c.submitted > 0)
+            .group_by(intents.c.queue)
+        )
+        with self.engine.connect() as conn:
+            return {queue: created for queue, created in conn.execute(query)}
+
     def intent(self, intent_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(intents).where(intents.c.id == intent_id)).first()
@@ -184,28 +197,122 @@ class Store:
         if not items:
             return 0
         with self.engine.begin() as conn:
-            known = {
-                (r.queue, r.backend_id): (r.id, r.state)
-                for r in conn.execute(
-                    select(pilots.c.id, pilots.c.queue, pilots.c.backend_id, pilots.c.state).where(
+            commit = self._record_pilots(conn, factory_id, items, now)
+        commit()
+        return len(items)
+
+    def record_submission(
+        self,
+        factory_id: str,
+        intent_id: str,
+        items: Sequence[Pilot],
+        now: float,
+        release: Callable[[Connection], None] | None = None,
+        submitted: int | None = None,
+    ) -> None:
+        """Second phase of a submission: the pilots and the settled intent in one transaction."""
+        with self.engine.begin() as conn:
+            commit = self._record_pilots(conn, factory_id, items, now)
+            conn.execute(
+                update(intents)
+                .where(intents.c.id == intent_id)
+                .values(
+                    status="submitted",
+                    submitted=submitted if submitted is not None else len(items),
+                    finished=now,
+                )
+            )
+            if release is not None:
+                release(conn)
+        commit()
+
+    def _record_pilots(
+        self, conn: Connection, factory_id: str, items: Sequence[Pilot], now: float
+    ) -> Callable[[], None]:
+        """Write pilots in ``conn``'s transaction; returns what to remember once it committed.
+
+        Row ids of this factory's live pilots are cached (only this factory writes its rows), so a
+        state change is one UPDATE by id; unknown ones are looked up (after a restart)."""
+        cache = self._pilot_rows
+        known: dict[tuple[str, str], tuple[int, str]] = {}
+        missing: dict[str, list[str]] = {}
+        for p in items:
+            hit = cache.get((factory_id, p.queue, p.backend_id))
+            if hit is None:
+                missing.setdefault(p.queue, []).append(p.backend_id)
+            else:
+                known[(p.queue, p.backend_id)] = hit
+        for queue, ids in missing.items():
+            for i in range(0, len(ids), 500):  # only the rows in question: O(changes), not O(history)
+                rows = conn.execute(
+                    select(pilots.c.id, pilots.c.backend_id, pilots.c.state).where(
                         pilots.c.factory_id == factory_id,
-                        pilots.c.queue.in_({p.queue for p in items}),
+                        pilots.c.queue == queue,
+                        pilots.c.backend_id.in_(ids[i : i + 500]),
                     )
                 )
-            }
-            new_rows = []
-            for p in items:
-                row = _pilot_row(factory_id, p, now)
-                existing = known.get((p.queue, p.backend_id))
-                if existing is None:
-                    new_rows.append(row)
-                    known[(p.queue, p.backend_id)] = (None, p.state.value)
-                elif existing[1] != p.state.value and existing[0] is not None:
-                    row = {k: v for k, v in row.items() if v is not None}
-                    conn.execute(update(pilots).where(pilots.c.id == existing[0]).values(row))
-            if new_rows:
-                conn.execute(insert(pilots), new_rows)
-        return len(items)
+                known.update({(queue, r.backend_id): (r.id, r.state) for r in rows})
+        new_rows: list[dict[str, Any]] = []
+        new_keys: list[tuple[str, str, str]] = []
+        changes: list[dict[str, Any]] = []
+        remember: dict[tuple[str, str, str], tuple[int, str] | None] = {}
+        new_seen: set[tuple[str, str]] = set()
+        for p in items:
+            key = (p.queue, p.backend_id)
+            existing = known.get(key)
+            state = p.state.value
+            if existing is None:
+                if key in new_seen:
+                    continue  # the same pilot twice in one batch
+                new_seen.add(key)
+                new_rows.append(_pilot_row(factory_id, p, now))
+                new_keys.append((factory_id, *key))
+            elif existing[1] != state:
+                changes.append(
+                    {
+                        "row_id": existing[0],
+                        "new_state": state,
+                        "new_started": p.started_at,
+                        "new_ended": p.ended_at,
+                        "new_updated": now,
+                        "new_node": p.node,
+                        "new_instance": p.instance_id,
+                        "new_exit": p.exit_code,
+                    }
+                )
+                remember[(factory_id, *key)] = None if p.state.final else (existing[0], state)
+            else:
+                remember[(factory_id, *key)] = None if p.state.final else existing
+        if new_rows:
+            conn.execute(insert(pilots), new_rows)  # executemany (RETURNING would go row by row)
+            live = {(k[1], k[2]): row["state"] for k, row in zip(new_keys, new_rows, strict=True)}
+            live = {key: state for key, state in live.items() if not PilotState(state).final}
+            by_q: dict[str, list[str]] = {}
+            for queue, backend_id in live:
+                by_q.setdefault(queue, []).append(backend_id)
+            for queue, ids in by_q.items():
+                for i in range(0, len(ids), 500):
+                    rows = conn.execute(
+                        select(pilots.c.id, pilots.c.backend_id).where(
+                            pilots.c.factory_id == factory_id,
+                            pilots.c.queue == queue,
+                            pilots.c.backend_id.in_(ids[i : i + 500]),
+                        )
+                    )
+                    for r in rows:
+                        remember[(factory_id, queue, r.backend_id)] = (r.id, live[(queue, r.backend_id)])
+        if changes:
+            conn.execute(_UPDATE_PILOT, changes)  # one executemany, not a statement per pilot
+
+        def commit() -> None:
+            with self._cache_lock:
+                for k, v in remember.items():
+                    if v is None:
+                        cache.pop(k, None)
+                    else:
+                        cache[k] = v
+
+        return commit
 
     def mark_pilots(
         self, factory_id: str, queue: str, backend_ids: Sequence[str], state: PilotState, now: float
@@ -266,6 +373,22 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(query)]
 
 
+# A state change; fields the backend did not report this time keep their stored value.
+_UPDATE_PILOT = (
+    update(pilots)
+    .where(pilots.c.id == bindparam("row_id"))
+    .values(
+        state=bindparam("new_state"),
+        started_at=func.coalesce(bindparam("new_started"), pilots.c.started_at),
+        ended_at=func.coalesce(bindparam("new_ended"), pilots.c.ended_at),
+        updated_at=bindparam("new_updated"),
+        node=func.coalesce(bindparam("new_node"), pilots.c.node),
+        instance_id=func.coalesce(bindparam("new_instance"), pilots.c.instance_id),
+        exit_code=func.coalesce(bindparam("new_exit"), pilots.c.exit_code),
+    )
+)
+
+
 def _pilot_row(factory_id: str, p: Pilot, now: float) -> dict[str, Any]:
     return {
         "factory_id": factory_id,
@@ -297,6 +420,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _sqlite_fast_pragmas(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=OFF")
     cursor.close()
 
 

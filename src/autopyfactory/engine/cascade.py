@@ -1,0 +1,158 @@
+"""Cascades in the engine: observe each tier, allocate the demand (pure), record, act.
+
+The allocation itself is ``decide.policy.allocate`` (pure). This module builds its inputs from
+what the engine observed (tier states from batch snapshots, quota left from the ledger, the
+factory's memory of backoffs and scale-ups), turns its output into per-tier plans, and keeps the
+cascade's memory between cycles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from autopyfactory.config.policy import Cascade, Tier
+from autopyfactory.decide.policy import CascadeAllocation, PolicyEvent, TierAllocation, TierState
+from autopyfactory.model import Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
+
+if TYPE_CHECKING:
+    from autopyfactory.engine.factory import QueueRuntime
+    from autopyfactory.model import Action
+
+
+@dataclass
+class CascadeRuntime:
+    cascade: Cascade
+    tiers: list[QueueRuntime]  # in the cascade's fill order
+    next_due: float = 0.0
+    seen_batch: dict[str, float | None] = field(default_factory=dict)
+    backoff_until: dict[str, float] = field(default_factory=dict)
+    # running pilots of a tier when it last counted as full (its observed capacity)
+    capacity_hint: dict[str, int] = field(default_factory=dict)
+    last_scale_up: dict[str, float] = field(default_factory=dict)
+    redrive: bool = False  # a tier failed this cycle: allocate again at once
+    last: CascadeAllocation | None = None
+    last_event_keys: frozenset[tuple[str, str]] = frozenset()
+    decisions: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cascade.name
+
+    @property
+    def label(self) -> str:
+        """How the cascade appears among queue names in the store (``apf explain``)."""
+        return f"cascade:{self.cascade.name}"
+
+    def tier(self, queue: str) -> Tier:
+        return self.cascade.tier(queue)
+
+
+def tier_state(
+    tier: Tier, supply: Supply, pilots: Sequence[Pilot], now: float, cr: CascadeRuntime
+) -> TierState:
+    """What the allocation needs to know about one tier, from its batch snapshot and our memory."""
+    waiting = [p.submitted_at for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
+    waiting_since = [t for t in waiting if t is not None]
+    overdue = stale = 0
+    if tier.provisioning_deadline is not None:
+        overdue = sum(1 for t in waiting_since if now - t > tier.provisioning_deadline)
+    if tier.full is not None and tier.full.oldest_pending is not None:
+        stale = sum(1 for t in waiting_since if now - t > tier.full.oldest_pending)  # type: ignore[operator]
+    backoff = cr.backoff_until.get(tier.queue)
+    return TierState(
+        pending=supply.pending + supply.held,
+        running=supply.running,
+        retiring=supply.retiring,
+        oldest_pending_since=min(waiting_since) if waiting_since else None,
+        overdue=overdue,
+        stale=stale,
+        backoff_until=backoff if backoff is not None and backoff > now else None,
+        last_scale_up=cr.last_scale_up.get(tier.queue),
+        capacity_hint=_capacity_hint(cr, tier.queue, supply.running),
+    )
+
+
+def _capacity_hint(cr: CascadeRuntime, queue: str, running: int) -> int | None:
+    hint = cr.capacity_hint.get(queue)
+    if hint is not None and running > hint:
+        cr.capacity_hint[queue] = hint = running  # more slots than we thought: learn it
+    return hint
+
+
+def learn_capacity(cr: CascadeRuntime, alloc: CascadeAllocation, states: dict[str, TierState]) -> None:
+    """A tier found full shows what it can run: remember its running count."""
+    for t in alloc.tiers:
+        state = states.get(t.tier)
+        # full because pilots wait (not merely because we stopped at the hint)
+        if (
+            state is not None
+            and "full" in t.stopped_by
+            and state.running > 0
+            and state.pending > state.overdue
+        ):
+            cr.capacity_hint[t.tier] = state.running
+
+
+def tier_n(t: TierAllocation) -> int:
+    """One number per tier for the decision record: what it gains (+) or gives back (-)."""
+    return t.submit if t.submit else -(t.cancel + t.retire)
+
+
+def tier_decision(alloc: CascadeAllocation, t: TierAllocation, supply: Supply, now: float) -> Decision:
+    step = Step(f"Cascade:{alloc.cascade}", t.demand_in, tier_n(t), f"{t.status}: {t.reason}")
+    return Decision(
+        t.tier,
+        tier_n(t),
+        (step,),
+        now,
+        ready=t.demand_in,
+        pending=supply.pending + supply.held,
+        running=supply.running,
+    )
+
+
+def cascade_decision(cr: CascadeRuntime, alloc: CascadeAllocation, states: dict[str, TierState]) -> Decision:
+    steps = tuple(
+        Step(t.tier, t.demand_in, tier_n(t), f"{t.status}: {t.reason}" if t.reason else str(t.status))
+        for t in alloc.tiers
+    )
+    return Decision(
+        cr.label,
+        alloc.unmet,
+        steps,
+        alloc.time,
+        ready=alloc.demand,
+        pending=sum(s.pending for s in states.values()),
+        running=sum(s.running for s in states.values()),
+    )
+
+
+def tier_actions(t: TierAllocation, pilots: Sequence[Pilot], killorder: str) -> tuple[Action, ...]:
+    """Which pilots the counts mean: the longest-waiting pending ones first (overdue go first),
+    running ones in the queue's killorder."""
+    actions: list[Action] = []
+    if t.submit > 0:
+        actions.append(Submit(t.tier, t.submit))
+    if t.cancel > 0:
+        waiting = [p for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
+        waiting.sort(key=lambda p: p.submitted_at or 0.0, reverse=t.cancel_newest)
+        ids = tuple(p.backend_id for p in waiting[: t.cancel])
+        if ids:
+            actions.append(Cancel(t.tier, ids))
+    if t.retire > 0:
+        running = [p for p in pilots if p.state is PilotState.RUNNING]
+        running.sort(key=lambda p: p.started_at or p.submitted_at or 0.0, reverse=(killorder == "newest"))
+        ids = tuple(p.backend_id for p in running[: t.retire])
+        if ids:
+            actions.append(Retire(t.tier, ids))
+    return tuple(actions)
+
+
+def new_events(cr: CascadeRuntime, events: Sequence[PolicyEvent]) -> list[PolicyEvent]:
+    """Events are facts that hold every cycle; report each when it starts to hold."""
+    keys = frozenset((e.kind, e.tier) for e in events)
+    fresh = [e for e in events if (e.kind, e.tier) not in cr.last_event_keys]
+    cr.last_event_keys = keys
+    return fresh
