@@ -121,18 +121,31 @@ def test_metrics_match_apf_status_during_a_run(tmp: Path, panda: FakePanda) -> N
 
         info = wait_for(settled, 60, "4 running pilots in apf status")
         assert isinstance(info, dict)
-        text = urllib.request.urlopen(info["metrics"], timeout=10).read().decode()
-        metrics = {
-            line.split(" ")[0]: float(line.split(" ")[1])
-            for line in text.splitlines()
-            if line.startswith("apf_queue_") and 'queue="BNL_PROD-ce01"' in line
-        }
-        latest = status()["queues"]["BNL_PROD-ce01"]
-        assert metrics['apf_queue_pilots_running{queue="BNL_PROD-ce01"}'] == latest["running"] == 4
-        assert metrics['apf_queue_pilots_pending{queue="BNL_PROD-ce01"}'] == latest["pending"]
-        assert metrics['apf_queue_ready{queue="BNL_PROD-ce01"}'] == latest["demand"]
-        assert metrics['apf_queue_decision{queue="BNL_PROD-ce01"}'] == latest["last_n"]
-        assert metrics['apf_queue_pilots_submitted_total{queue="BNL_PROD-ce01"}'] >= 4
+
+        def scrape() -> dict[str, float]:
+            text = urllib.request.urlopen(info["metrics"], timeout=10).read().decode()
+            return {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in text.splitlines()
+                if line.startswith("apf_queue_") and 'queue="BNL_PROD-ce01"' in line
+            }
+
+        def same() -> bool:
+            # two separate reads of a live daemon: compare them when no decision fell in between
+            keys = ("running", "pending", "demand", "last_n")
+            before = status()["queues"]["BNL_PROD-ce01"]
+            metrics = scrape()
+            after = status()["queues"]["BNL_PROD-ce01"]
+            if [before[k] for k in keys] != [after[k] for k in keys]:
+                return False
+            assert metrics['apf_queue_pilots_running{queue="BNL_PROD-ce01"}'] == after["running"] == 4
+            assert metrics['apf_queue_pilots_pending{queue="BNL_PROD-ce01"}'] == after["pending"]
+            assert metrics['apf_queue_ready{queue="BNL_PROD-ce01"}'] == after["demand"]
+            assert metrics['apf_queue_decision{queue="BNL_PROD-ce01"}'] == after["last_n"]
+            assert metrics['apf_queue_pilots_submitted_total{queue="BNL_PROD-ce01"}'] >= 4
+            return True
+
+        wait_for(same, 60, "a quiet moment to compare /metrics with apf status")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -75,6 +75,7 @@ def test_pilots_run_in_slurm_and_the_counts_follow(tmp_path: Path, fid: str) -> 
     store = Store(config.settings.database_url())
     plans = factory.step(poll_all=True)
     assert plans[0].decision.n == 3
+    factory.flush()  # pilot rows are written with the next pass, or now
     # one array: three tasks of one job
     ids = [p["backend_id"] for p in store.pilots(fid)]
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1

@@ -142,7 +142,9 @@ class Factory:
         self._supply: dict[int, tuple[float, dict[str, Supply], int]] = {}
         # per batch poller: every pilot it last reported (or we just submitted), by (queue, id)
         self._known: dict[int, dict[tuple[str, str], Pilot]] = {}
+        # pilot rows to write in the next pass's one transaction (polls, adoption, submissions)
         self._changed: list[Pilot] = []
+        self._changed_lock = threading.Lock()
         self._absorbed: dict[int, float] = {}
         self._adopted: set[int] = set()
         self._my_intents: set[str] = set()
@@ -365,7 +367,8 @@ class Factory:
                 # an active pilot the backend no longer lists: the backend is the truth
                 changed.append(_with_state(pilot, PilotState.UNKNOWN))
         self._known[id(poller)] = new
-        self._changed.extend(changed)
+        with self._changed_lock:
+            self._changed.extend(changed)
 
     def _settle_open_intents(self, snap: BatchSnapshot, queues: set[str], now: float) -> None:
         """After a restart: intents left open by a crash are settled from what the backend shows."""
@@ -386,6 +389,17 @@ class Factory:
                 f"intent {intent.id} ({intent.n} asked): {found} pilots found in the backend, settled as {status}",
                 intent.queue,
             )
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the pilot changes gathered since the last pass, in one transaction."""
+        with self._changed_lock:
+            changed, self._changed = (self._changed if self.record_pilots else []), []
+        if not changed:
+            return
+        try:
+            self.store.record_pilots(self.factory_id, changed, self.clock() if now is None else now)
+        except Exception:
+            log.exception("store: recording %d pilot changes failed", len(changed))
 
     def _reconcile_store(self, poller: Poller, snap: BatchSnapshot, queues: set[str], now: float) -> None:
         """After a restart: pilots the store still thinks active but the backend no longer lists
@@ -411,7 +425,8 @@ class Factory:
                 )
         done = {p.backend_id for p in settled}
         settled += [_with_state(p, PilotState.UNKNOWN) for p in stale if p.backend_id not in done]
-        self._changed.extend(settled)
+        with self._changed_lock:
+            self._changed.extend(settled)
         self._event(
             "reconcile", f"{poller.label}: {len(stale)} pilots left the backend while we were away; settled"
         )
@@ -558,14 +573,7 @@ class Factory:
                 snap = poller.latest
                 if isinstance(snap, BatchSnapshot) and self._absorbed.get(id(poller)) != snap.time:
                     self._absorb(poller, snap, now)
-            if self._changed and not self.record_pilots:
-                self._changed = []
-            if self._changed:
-                changed, self._changed = self._changed, []
-                try:  # every endpoint's pilot changes in one transaction
-                    self.store.record_pilots(self.factory_id, changed, now)
-                except Exception:
-                    log.exception("store: recording %d pilot changes failed", len(changed))
+            self.flush(now)
             plans: list[Plan] = []
             extra: list[Decision] = []
             for rt in self.queues.values():
@@ -802,10 +810,12 @@ class Factory:
             def shortfall(conn: Connection, k: int = granted - len(pilots)) -> None:
                 ledger.release(conn, intent_id, k)
 
-        recorded = pilots if self.record_pilots else []
-        self.store.record_submission(
-            self.factory_id, intent_id, recorded, done, release=shortfall, submitted=len(pilots)
-        )
+        # the result: the settled intent now; the pilot rows go with the next pass's batch (the
+        # backend lists them under their tags anyway, so a crash in between loses nothing)
+        self.store.settle_intent(intent_id, "submitted", len(pilots), done, release=shortfall)
+        if self.record_pilots:
+            with self._changed_lock:
+                self._changed.extend(pilots)
         if cr is not None:
             cr.last_scale_up[rt.name] = now
         log.info("queue %s: submitted %d pilots (intent %s)", rt.name, len(pilots), intent_id)
@@ -1002,6 +1012,7 @@ class Factory:
         for thread in self._threads.values():
             thread.stop()
         self.executor.shutdown(wait=True, timeout=30)
+        self.flush()
         for thread in self._threads.values():
             thread.join(timeout=5)
         for runtime in self.queues.values():

@@ -201,31 +201,6 @@ class Store:
         commit()
         return len(items)
 
-    def record_submission(
-        self,
-        factory_id: str,
-        intent_id: str,
-        items: Sequence[Pilot],
-        now: float,
-        release: Callable[[Connection], None] | None = None,
-        submitted: int | None = None,
-    ) -> None:
-        """Second phase of a submission: the pilots and the settled intent in one transaction."""
-        with self.engine.begin() as conn:
-            commit = self._record_pilots(conn, factory_id, items, now)
-            conn.execute(
-                update(intents)
-                .where(intents.c.id == intent_id)
-                .values(
-                    status="submitted",
-                    submitted=submitted if submitted is not None else len(items),
-                    finished=now,
-                )
-            )
-            if release is not None:
-                release(conn)
-        commit()
-
     def _record_pilots(
         self, conn: Connection, factory_id: str, items: Sequence[Pilot], now: float
     ) -> Callable[[], None]:
@@ -234,14 +209,16 @@ class Store:
         Row ids of this factory's live pilots are cached (only this factory writes its rows), so a
         state change is one UPDATE by id; unknown ones are looked up (after a restart)."""
         cache = self._pilot_rows
+        # one row per pilot: the latest report wins (a submission then a poll in one batch)
+        items = list({(p.queue, p.backend_id): p for p in items}.values())
         known: dict[tuple[str, str], tuple[int, str]] = {}
         missing: dict[str, list[str]] = {}
         for p in items:
             hit = cache.get((factory_id, p.queue, p.backend_id))
-            if hit is None:
-                missing.setdefault(p.queue, []).append(p.backend_id)
-            else:
+            if hit is not None:
                 known[(p.queue, p.backend_id)] = hit
+            else:
+                missing.setdefault(p.queue, []).append(p.backend_id)
         for queue, ids in missing.items():
             for i in range(0, len(ids), 500):  # only the rows in question: O(changes), not O(history)
                 rows = conn.execute(
@@ -252,21 +229,15 @@ class Store:
                     )
                 )
                 known.update({(queue, r.backend_id): (r.id, r.state) for r in rows})
-        new_rows: list[dict[str, Any]] = []
-        new_keys: list[tuple[str, str, str]] = []
+        new_rows: list[Pilot] = []
         changes: list[dict[str, Any]] = []
         remember: dict[tuple[str, str, str], tuple[int, str] | None] = {}
-        new_seen: set[tuple[str, str]] = set()
         for p in items:
             key = (p.queue, p.backend_id)
             existing = known.get(key)
             state = p.state.value
             if existing is None:
-                if key in new_seen:
-                    continue  # the same pilot twice in one batch
-                new_seen.add(key)
-                new_rows.append(_pilot_row(factory_id, p, now))
-                new_keys.append((factory_id, *key))
+                new_rows.append(p)
             elif existing[1] != state:
                 changes.append(
                     {
@@ -284,23 +255,7 @@ class Store:
             else:
                 remember[(factory_id, *key)] = None if p.state.final else existing
         if new_rows:
-            conn.execute(insert(pilots), new_rows)  # executemany (RETURNING would go row by row)
-            live = {(k[1], k[2]): row["state"] for k, row in zip(new_keys, new_rows, strict=True)}
-            live = {key: state for key, state in live.items() if not PilotState(state).final}
-            by_q: dict[str, list[str]] = {}
-            for queue, backend_id in live:
-                by_q.setdefault(queue, []).append(backend_id)
-            for queue, ids in by_q.items():
-                for i in range(0, len(ids), 500):
-                    rows = conn.execute(
-                        select(pilots.c.id, pilots.c.backend_id).where(
-                            pilots.c.factory_id == factory_id,
-                            pilots.c.queue == queue,
-                            pilots.c.backend_id.in_(ids[i : i + 500]),
-                        )
-                    )
-                    for r in rows:
-                        remember[(factory_id, queue, r.backend_id)] = (r.id, live[(queue, r.backend_id)])
+            _insert_pilots(conn, factory_id, new_rows, now)
         if changes:
             conn.execute(_UPDATE_PILOT, changes)  # one executemany, not a statement per pilot
 
@@ -371,6 +326,44 @@ class Store:
         query = query.order_by(events.c.time.desc(), events.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+
+_PILOT_COLUMNS = (
+    "factory_id", "queue", "backend_id", "intent_id", "state", "submitted_at", "started_at",
+    "ended_at", "updated_at", "instance_id", "node", "tier", "exit_code",
+)  # fmt: skip
+
+
+def _insert_pilots(conn: Connection, factory_id: str, items: Sequence[Pilot], now: float) -> None:
+    """Bulk insert through the driver's executemany: a cycle may create thousands of pilots, and
+    per-row statement building would cost more than the batch system's own submission."""
+    style = conn.dialect.paramstyle
+    mark = "?" if style == "qmark" else "%s" if style in ("format", "pyformat") else None
+    if mark is None:  # an unusual driver: the portable (slower) path
+        conn.execute(insert(pilots), [_pilot_row(factory_id, p, now) for p in items])
+        return
+    sql = (
+        f"INSERT INTO pilots ({', '.join(_PILOT_COLUMNS)}) VALUES ({', '.join([mark] * len(_PILOT_COLUMNS))})"
+    )
+    rows = [
+        (
+            factory_id,
+            p.queue,
+            p.backend_id,
+            p.intent_id,
+            p.state.value,
+            p.submitted_at,
+            p.started_at,
+            p.ended_at,
+            now,
+            p.instance_id,
+            p.node,
+            p.tier,
+            p.exit_code,
+        )
+        for p in items
+    ]  # fmt: skip  (the order of _PILOT_COLUMNS)
+    conn.exec_driver_sql(sql, rows)
 
 
 # A state change; fields the backend did not report this time keep their stored value.
