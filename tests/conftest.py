@@ -485,3 +485,16 @@ def make_queue():  # type: ignore[no-untyped-def]
 def make_factory():  # type: ignore[no-untyped-def]
     """``make_factory(factory_id, auth={...}, **[Factory] keys)`` -> FactoryContext."""
     return build_factory
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path`` for tests that run Local pilots: every pilot started under it is killed after."""
+    import signal
+
+    yield tmp_path
+    for pid_file in (tmp_path / "state" / "local").glob("*/*/*/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass

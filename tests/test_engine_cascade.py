@@ -3,14 +3,10 @@ factory processes sharing one PostgreSQL quota ledger."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, func, select
 
 from autopyfactory.config.loader import load_factory_config
@@ -30,16 +26,6 @@ cascades:
       - {queue: B, cap: 2, quotas: [{per: month, pilots: 2}], spill_on: [quota]}
       - {queue: C, drain: {retire_running: true}}
 """
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    for pid_file in (tmp_path / "state" / "local").glob("*/*/*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
 
 
 def _local_cascade(tmp: Path, demand: int) -> Path:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,17 +53,6 @@ def queues(tmp: Path, activated: int = 3, chain: str = "Ready, MaxPerCycle", ext
 
 def pilot_dirs(tmp: Path) -> list[Path]:
     return sorted(p.parent for p in (tmp / "state" / "local").glob("*/*/*/tags"))
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    # stop every pilot this test started (each runs in its own session)
-    for pid_file in (tmp_path / "state" / "local").glob("*/*/*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
 
 
 def test_demand_gets_real_pilot_processes_with_apf_environment(tmp: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,16 +24,6 @@ APF = str(Path(sys.executable).parent / "apf")
 def panda() -> Iterator[FakePanda]:
     with FakePanda() as fake:
         yield fake
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    for pid_file in (tmp_path / "state" / "local").glob("*/*/*/pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
 
 
 def _conf(tmp: Path, panda: FakePanda, extra_factory: str = "", chain: str = "Ready, MaxPerCycle") -> Path:

@@ -47,3 +47,5 @@ def setup_logging(level: str = "INFO", target: str = "stderr") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # asyncssh logs every connection and channel at INFO; its warnings still show
+    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, root.level))

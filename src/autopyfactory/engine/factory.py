@@ -560,7 +560,8 @@ class Factory:
             if cancel:
                 actions.append(Cancel(rt.name, tuple(cancel)))
             if retire:
-                actions.append(Retire(rt.name, tuple(retire)))
+                kill = bool(getattr(options, "overlay_kill_running", False))
+                actions.append(Retire(rt.name, tuple(retire), kill=kill))
             return tuple(actions)
         return ()
 

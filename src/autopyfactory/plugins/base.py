@@ -48,6 +48,9 @@ class SubmitOptions(PluginOptions):
     overlay_peaceful: bool = Field(True, alias="overlay.peaceful")
     # which running pilots go first when retiring: newest or oldest
     overlay_killorder: Literal["newest", "oldest"] = Field("newest", alias="overlay.killorder")
+    # retiring drains running pilots peacefully; True removes them outright (the backend cannot
+    # drain, e.g. grid pilots, and the operator accepts killing running work)
+    overlay_kill_running: bool = Field(False, alias="overlay.kill_running")
 
 
 class Plugin:

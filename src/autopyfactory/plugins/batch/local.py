@@ -32,6 +32,7 @@ from autopyfactory.plugins.base import (
     PluginOptions,
     SubmitOptions,
 )
+from autopyfactory.plugins.batch.script import parse_environ
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -92,17 +93,6 @@ def resolve_executable(queue: QueueConfig) -> str:
         if candidate.exists():
             return str(candidate.resolve())
     return exe
-
-
-def parse_environ(text: str | None) -> dict[str, str]:
-    """APF's ``environ``: space-separated NAME=value pairs (shell-quoted values allowed)."""
-    out = {}
-    for item in shlex.split(text or ""):
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"environ item {item!r} is not NAME=value")
-        out[name] = value
-    return out
 
 
 class LocalSubmitOptions(SubmitOptions):

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -243,15 +243,10 @@ def to_pilot(job: LSFJob, tags: PilotTags) -> Pilot:
     )
 
 
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
 def _error(target: str, what: str, res: Result) -> BackendError:
-    text = res.brief()
-    capacity = any(m in text for m in ("limit", "Pending job threshold reached", "MAX_JOBS"))
-    return BackendError(target, f"{what} failed (exit {res.rc}): {text}", capacity=capacity)
+    return pilot_script.command_failure(
+        target, what, res, ("limit", "Pending job threshold reached", "MAX_JOBS")
+    )
 
 
 _NO_JOBS = ("No job found", "No unfinished job found", "No matching job found")
@@ -342,7 +337,7 @@ class LSFSubmit(BatchSubmitPlugin):
         return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
 
     def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in _chunks(list(backend_ids)):
+        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
             res = self.transport.run(self.cancel_argv(chunk), timeout=self.options.timeout)
             if (
                 res.rc != 0

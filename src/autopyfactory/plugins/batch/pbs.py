@@ -20,7 +20,7 @@ import logging
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -289,15 +289,10 @@ def to_pilot(job: PBSJob, tags: PilotTags) -> Pilot:
     )
 
 
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
 def _error(target: str, what: str, res: Result) -> BackendError:
-    text = res.brief()
-    capacity = any(m in text for m in ("would exceed", "Maximum number of jobs", "max_queued"))
-    return BackendError(target, f"{what} failed (exit {res.rc}): {text}", capacity=capacity)
+    return pilot_script.command_failure(
+        target, what, res, ("would exceed", "Maximum number of jobs", "max_queued")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,7 +386,7 @@ class PBSSubmit(BatchSubmitPlugin):
         return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
 
     def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in _chunks(list(backend_ids)):
+        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
             res = self.transport.run(self.cancel_argv(chunk), timeout=self.options.timeout)
             if res.rc != 0 and "Unknown Job Id" not in res.brief() and "finished" not in res.brief():
                 raise _error(self.target(), "qdel", res)

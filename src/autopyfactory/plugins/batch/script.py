@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from autopyfactory.plugins.base import BackendError
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
     from autopyfactory.model import PilotTags
     from autopyfactory.plugins.base import FactoryContext
+    from autopyfactory.plugins.transport.base import Result
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -32,6 +35,19 @@ def parse_environ(text: str | None) -> dict[str, str]:
             raise ValueError(f"environ item {item!r} is not NAME=value")
         out[name] = value
     return out
+
+
+def chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
+    """Ids in groups small enough for one command line (scancel, qdel, bkill, sacct)."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def command_failure(target: str, what: str, res: Result, capacity_markers: Sequence[str]) -> BackendError:
+    """A failed batch command as a clear BackendError; refusals for capacity are marked so."""
+    text = res.brief()
+    capacity = any(m in text for m in capacity_markers)
+    return BackendError(target, f"{what} failed (exit {res.rc}): {text}", capacity=capacity)
 
 
 def split_lines(text: str | None) -> list[str]:

@@ -367,11 +367,6 @@ def array_parent(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
 
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
 # ---------------------------------------------------------------------------------------------
 # errors
 
@@ -566,7 +561,7 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
         return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
 
     def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in _chunks(list(backend_ids)):
+        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
             res = self._run(self.cancel_argv(chunk))
             if res.rc != 0 and not _only_gone(res):
                 raise command_error(self.target(), "scancel", res)
@@ -744,7 +739,7 @@ class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
         ids = sorted(self._settling)
         found: dict[str, JobRow] = {}
         if self.ep.sacct and not self._accounting_off:
-            for chunk in _chunks(ids):
+            for chunk in pilot_script.chunks(ids, _CHUNK):
                 res = self._run(self.sacct_argv(chunk))
                 if res.rc != 0:
                     if "accounting storage is disabled" in res.brief().lower():

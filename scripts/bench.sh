@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every benchmark in bench/ (each prints its ratios/figures as its last line).
+# Slurm is started by bench/slurm_submit.py itself if it is not running (and stopped again).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || { python3 -m venv .venv; .venv/bin/python -m pip install -q -e '.[test]'; }
+echo "== bench/decide.py (10,000 queues, 1,000,000 pilots, 7-plugin chain)"
+.venv/bin/python bench/decide.py
+echo "== bench/slurm_submit.py (real local Slurm)"
+.venv/bin/python bench/slurm_submit.py
+echo "== apf simulate (two months of the example cascade at a 10-minute step)"
+.venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
+  --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \
+  | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(f"simulate_s={r[\"elapsed_s\"]} cycles={r[\"cycles_run\"]}")'
