@@ -233,3 +233,23 @@ def test_random_kill_9_during_cycles_never_loses_or_doubles(tmp: Path, seed: int
     assert out.returncode == 0, out.stdout + out.stderr
     count, _ = _check_invariants(conf, tmp)
     assert count == 6  # demand was 6 throughout: exactly 6 pilots, none twice
+
+
+def test_queues_serving_one_wms_queue_split_its_demand_by_share(tmp: Path) -> None:
+    conf = factory_conf(
+        tmp,
+        queues(tmp, activated=9)
+        + """
+    share = 2
+
+    [LOCALQ-ce2]
+    wmsqueue = LOCALQ
+    share = 1
+    """,
+    )
+    factory = Factory(load_factory_config(str(conf)), dry_run=True)
+    plans = {p.queue: p.decision for p in factory.step(poll_all=True)}
+    # 9 activated jobs, shares 2:1: together they ask for the demand once, not twice
+    assert (plans["LOCALQ"].n, plans["LOCALQ-ce2"].n) == (6, 3)
+    assert (plans["LOCALQ"].ready, plans["LOCALQ-ce2"].ready) == (6, 3)
+    factory.shutdown()

@@ -108,6 +108,9 @@ class SimWmsStatus(WmsStatusPlugin):
         assert isinstance(options, SimWmsOptions)
         steps = parse_steps(options.steps) if options.steps else ()
         wmsqueue = queue.wmsqueue or queue.name
+        defines = options.activated is not None or options.steps or options.trace
+        if wmsqueue in self.sources and not defines:
+            return  # another queue serving this WMS queue defines its demand
         self.sources[wmsqueue] = _Source(options, steps, tuple(t for t, _ in steps))
         if options.trace and options.trace not in self._traces:
             from autopyfactory.sim.trace import load_trace
