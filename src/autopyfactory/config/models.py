@@ -54,6 +54,9 @@ class FactorySettings(_Keys):
     )
     statedir: str = Field("~/.autopyfactory", alias="factory.statedir")
     executor_workers: int = Field(8, alias="executor.workers", ge=1)
+    store_keepdays: float = Field(
+        14.0, alias="store.keepdays", gt=0, description="days of decisions, events and finished pilots kept"
+    )
     metrics_address: str | None = Field(
         "127.0.0.1:9642", alias="metrics.address", description="Prometheus /metrics address; None disables"
     )

@@ -158,6 +158,7 @@ class Factory:
         self._pass_demands: dict[str, Demand | None] | None = None
         self.cycles_done = 0
         self.metrics_url: str | None = None
+        self._next_prune = 0.0
         self._build(config)
 
     # -- construction ---------------------------------------------------------------------------
@@ -784,7 +785,8 @@ class Factory:
         )
         if granted <= 0:
             return
-        self._my_intents.add(intent_id)
+        if len(self._adopted) < len(self.pollers):  # only needed until every endpoint adopted
+            self._my_intents.add(intent_id)
         tags = PilotTags(self.factory_id, rt.name, intent_id)
         release = None
         if tier is not None:
@@ -947,6 +949,18 @@ class Factory:
                     self._wake.wait(timeout=self._next_wait(self.clock()))
         finally:
             self.shutdown()
+
+    def _prune(self, now: float) -> None:
+        """Once an hour: forget history older than ``store.keepdays`` (the store must not grow forever)."""
+        if now < self._next_prune:
+            return
+        self._next_prune = now + 3600
+        try:
+            removed = self.store.prune(self.factory_id, now - self.config.settings.store_keepdays * 86400)
+            if removed:
+                log.info("store: pruned %d old rows", removed)
+        except Exception:
+            log.exception("store: pruning failed")
 
     def _wait_first_polls(self, timeout: float) -> None:
         """Bounded wait (stop-aware) for every endpoint's first answer, as APF waited for info."""

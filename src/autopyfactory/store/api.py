@@ -104,12 +104,32 @@ class Store:
         with self.engine.connect() as conn:
             return {r.queue: _decision_dict(r._mapping) for r in conn.execute(query)}
 
-    def prune_decisions(self, factory_id: str, older_than: float) -> int:
+    def prune(self, factory_id: str, older_than: float) -> int:
+        """Forget decisions, events, settled intents and finished pilots older than ``older_than``
+        (a busy factory records a decision per queue per cycle). Quota ledger entries are kept."""
+        final = [s.value for s in PilotState if s.final] + [PilotState.UNKNOWN.value]
         with self.engine.begin() as conn:
-            result = conn.execute(
+            removed = conn.execute(
                 delete(decisions).where(decisions.c.factory_id == factory_id, decisions.c.time < older_than)
-            )
-            return result.rowcount or 0
+            ).rowcount
+            removed += conn.execute(
+                delete(events).where(events.c.factory_id == factory_id, events.c.time < older_than)
+            ).rowcount
+            removed += conn.execute(
+                delete(intents).where(
+                    intents.c.factory_id == factory_id,
+                    intents.c.status != "open",
+                    intents.c.created < older_than,
+                )
+            ).rowcount
+            removed += conn.execute(
+                delete(pilots).where(
+                    pilots.c.factory_id == factory_id,
+                    pilots.c.state.in_(final),
+                    pilots.c.updated_at < older_than,
+                )
+            ).rowcount
+        return removed or 0
 
     # -- intents (two-phase submission) ----------------------------------------------------------
     def open_intent(
