@@ -208,3 +208,15 @@ def test_bad_inputs_give_clear_errors(example: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "must use batchsubmitplugin = Sim" in out.stderr
+
+
+def test_a_pilot_hours_quota_holds_in_the_simulator(example: Path) -> None:
+    # B may use 40 pilot-hours a month: with 2-hour pilots that is far fewer than its 100 pilots
+    policy = POLICY.replace("quotas: [{per: month, pilots: 100}]", "quotas: [{per: month, pilot_hours: 40}]")
+    write(example.parent / "policy.yaml", policy)
+    report = simulate(example, days=1)
+    b = report["tiers"]["B"]["months"]["2027-01"]
+    # submissions stop once the hours used reach the limit; pilots already running finish
+    assert 0 < b["submitted"] <= 40
+    assert b["pilot_hours"] <= 40 + b["submitted"] * 2
+    assert report["tiers"]["C"]["months"]["2027-01"]["submitted"] > 0  # the rest went on to C

@@ -88,9 +88,12 @@ class Simulation:
         world().listeners.append(self._on_pilot)
         store = Store(f"sqlite:///{self.state_dir / 'sim.db'}", durable=False)
         config = dataclasses.replace(self.config, policy=self.policy)
-        # per-pilot rows are not kept (the report counts pilots from the simulated sites); the
-        # decisions, intents, quota ledger and events are recorded as in a real run
-        factory = Factory(config, store=store, clock=clock.now, record_pilots=False)
+        # per-pilot rows are not kept (the report counts pilots from the simulated sites), unless
+        # a pilot-hours quota needs them; decisions, intents, the ledger and events are recorded
+        hours_quota = any(
+            q.pilot_hours is not None for c in self.policy.cascades for t in c.tiers for q in t.quotas
+        )
+        factory = Factory(config, store=store, clock=clock.now, record_pilots=hours_quota)
         for poller in factory.pollers.values():
             if isinstance(poller.plugin, SimWmsStatus):
                 poller.plugin.trace_override = self.trace

@@ -760,6 +760,15 @@ class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
                 # sacct shows only the array's record (e.g. "26 CANCELLED")
                 row = found.get(array_parent(job_id))
             state = map_state(row.state) if row else None
+            if (
+                row is not None
+                and state is PilotState.FAILED
+                and row.exit_code == 0
+                and attempts + 1 < self.ep.settle_polls
+            ):
+                # slurmdbd can record FAILED before the exit code (0:0 for a moment): ask again
+                self._settling[job_id] = (pilot, attempts + 1)
+                continue
             if row is not None and state is not None and state.final:
                 settled = replace(
                     pilot,
