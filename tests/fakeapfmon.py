@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.helpers import serve, shut_down
+
 
 @dataclass
 class Call:
@@ -61,25 +63,16 @@ class FakeApfmon:
 
     def start(self) -> FakeApfmon:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
-        server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakeapfmon", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve(server, "fakeapfmon")
         return self
 
     def stop(self) -> None:
         self.release()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server = self._thread = None
 
     def hang(self) -> None:
         self._open.clear()

@@ -38,6 +38,7 @@ from typing import Any
 
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import BackendError
+from tests.helpers import serve, shut_down
 
 # States the server reads from the active-jobs summary table vs. the defined-jobs table.
 ACTIVE_STATES = ("activated", "sent", "starting", "running", "holding", "transferring", "merging")
@@ -203,7 +204,6 @@ class FakePanda:
     def start(self) -> FakePanda:
         self._release.clear()
         server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
-        server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         if self.tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -214,22 +214,14 @@ class FakePanda:
             server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakepanda", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve(server, "fakepanda")
         return self
 
     def stop(self) -> None:
         """Stop serving and close the port (connections are then refused)."""
         self._release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server = self._thread = None
 
     def __enter__(self) -> FakePanda:
         return self.start()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
+from typing import Any
 
 
 def write(path: Path, text: str) -> Path:
@@ -41,3 +43,22 @@ def factory_conf(tmp: Path, queues: str, extra: str = "", factory_id: str = "tes
         """
     ).lstrip()
     return write(tmp / "autopyfactory.conf", base + dedent(extra).lstrip())
+
+
+def serve(server: Any, name: str) -> threading.Thread:
+    """Serve a stdlib HTTP server from a daemon thread (the tests' local fakes)."""
+    server.daemon_threads = True
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def shut_down(server: Any | None, thread: threading.Thread | None) -> None:
+    """Stop a server started with ``serve`` and close its port (connections are then refused)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)

@@ -55,7 +55,7 @@ def _local_cascade(tmp: Path, demand: int) -> Path:
 
 
 def _active(factory: Factory, queue: str) -> int:
-    supply = factory._supply_of(factory.queues[queue], factory.clock())
+    supply = factory.supply_of(factory.queues[queue], factory.clock())
     return 0 if supply is None else supply.pending + supply.held + supply.running
 
 

@@ -98,7 +98,7 @@ def test_two_hundred_pilots_are_one_sbatch_and_all_tracked(tmp_path: Path, fid: 
     mine = [j for j in jobs if f"|apf:{fid}:" in j]
     assert len(mine) == 200 and len({j.split("|")[0] for j in mine}) == 1  # one sbatch --array
     factory.step(poll_all=True)
-    supply = factory._supply_of(factory.queues["HPC"], factory.clock())
+    supply = factory.supply_of(factory.queues["HPC"], factory.clock())
     assert supply is not None and supply.pending + supply.running + supply.held == 200
     factory.shutdown()
 

@@ -7,6 +7,20 @@ from collections.abc import Sequence
 from autopyfactory.model import Pilot, PilotState
 
 
+def pick_idle(pilots: Sequence[Pilot], k: int, newest_first: bool = True) -> list[str]:
+    """``k`` pilots that have not started (pending or held), newest or longest-waiting first."""
+    idle = [p for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
+    idle.sort(key=lambda p: p.submitted_at or 0.0, reverse=newest_first)
+    return [p.backend_id for p in idle[: max(0, k)]]
+
+
+def pick_running(pilots: Sequence[Pilot], k: int, killorder: str = "newest") -> list[str]:
+    """``k`` running pilots in ``killorder`` (newest or oldest start first)."""
+    running = [p for p in pilots if p.state is PilotState.RUNNING]
+    running.sort(key=lambda p: p.started_at or p.submitted_at or 0.0, reverse=(killorder == "newest"))
+    return [p.backend_id for p in running[: max(0, k)]]
+
+
 def select_for_retire(
     n: int, pilots: Sequence[Pilot], killorder: str = "newest"
 ) -> tuple[list[str], list[str]]:
@@ -16,14 +30,5 @@ def select_for_retire(
     """
     if n <= 0:
         return [], []
-    idle = [p for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
-    # newest idle first: the oldest are closest to starting
-    idle.sort(key=lambda p: p.submitted_at or 0.0, reverse=True)
-    cancel = [p.backend_id for p in idle[:n]]
-    left = n - len(cancel)
-    retire: list[str] = []
-    if left > 0:
-        running = [p for p in pilots if p.state is PilotState.RUNNING]
-        running.sort(key=lambda p: p.started_at or p.submitted_at or 0.0, reverse=(killorder == "newest"))
-        retire = [p.backend_id for p in running[:left]]
-    return cancel, retire
+    cancel = pick_idle(pilots, n)  # newest idle first: the oldest are closest to starting
+    return cancel, pick_running(pilots, n - len(cancel), killorder)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from autopyfactory.config.policy import Cascade, Tier
 from autopyfactory.decide.policy import CascadeAllocation, PolicyEvent, TierAllocation, TierState
+from autopyfactory.decide.retire import pick_idle, pick_running
 from autopyfactory.model import Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
 
 if TYPE_CHECKING:
@@ -135,18 +136,12 @@ def tier_actions(t: TierAllocation, pilots: Sequence[Pilot], killorder: str) -> 
     actions: list[Action] = []
     if t.submit > 0:
         actions.append(Submit(t.tier, t.submit))
-    if t.cancel > 0:
-        waiting = [p for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
-        waiting.sort(key=lambda p: p.submitted_at or 0.0, reverse=t.cancel_newest)
-        ids = tuple(p.backend_id for p in waiting[: t.cancel])
-        if ids:
-            actions.append(Cancel(t.tier, ids))
-    if t.retire > 0:
-        running = [p for p in pilots if p.state is PilotState.RUNNING]
-        running.sort(key=lambda p: p.started_at or p.submitted_at or 0.0, reverse=(killorder == "newest"))
-        ids = tuple(p.backend_id for p in running[: t.retire])
-        if ids:
-            actions.append(Retire(t.tier, ids))
+    cancel = pick_idle(pilots, t.cancel, newest_first=t.cancel_newest)
+    if cancel:
+        actions.append(Cancel(t.tier, tuple(cancel)))
+    retire = pick_running(pilots, t.retire, killorder)
+    if retire:
+        actions.append(Retire(t.tier, tuple(retire)))
     return tuple(actions)
 
 

@@ -72,6 +72,7 @@ log = logging.getLogger("autopyfactory.factory")
 _FAULT = os.environ.get("APF_FAULT", "")
 
 DEFAULT_INTERVAL = 60.0
+STATUS_INTERVAL = 2.0  # seconds between writes of the daemon's status file
 DEFAULT_MAXAGE = 360.0
 
 
@@ -132,7 +133,6 @@ class Factory:
         self.observers: list[Observer] = list(observers)
         self.executor = Executor(config.settings.executor_workers)
         self.ctx = self._context(config)
-        self.started_at = clock()
         self.pollers: dict[Hashable, Poller] = {}
         self.queues: dict[str, QueueRuntime] = {}
         self.cascades: dict[str, CascadeRuntime] = {}
@@ -154,11 +154,11 @@ class Factory:
         self._threads: dict[int, PollerThread] = {}
         self._inline = True  # actions run inline until the daemon starts its executor threads
         self._reload_requests: list[Callable[[], FactoryConfig | None]] = []
-        self._running_by_wms: dict[str, int] | None = None
+        self._running_by_demand: dict[str, int] | None = None
         self._pass_demands: dict[str, Demand | None] | None = None
-        self.cycles_done = 0
         self.metrics_url: str | None = None
         self._next_prune = 0.0
+        self._next_status = 0.0
         self._build(config)
 
     # -- construction ---------------------------------------------------------------------------
@@ -174,40 +174,31 @@ class Factory:
 
     def _running_for(self, demand_key: str) -> int:
         """Running pilots of every queue serving one demand (computed once per decision pass)."""
-        if self._running_by_wms is None:
+        if self._running_by_demand is None:
             totals: dict[str, int] = defaultdict(int)
             for rt in self.queues.values():
                 snap = rt.batch_poller.latest
                 if isinstance(snap, BatchSnapshot):
                     supply = self._supply_for(rt.batch_poller, snap)[0].get(rt.name)
                     totals[rt.demand_key] += supply.running if supply else 0
-            self._running_by_wms = totals
-        return self._running_by_wms.get(demand_key, 0)
+            self._running_by_demand = totals
+        return self._running_by_demand.get(demand_key, 0)
 
     def _build(self, config: FactoryConfig) -> None:
         """(Re)build queue runtimes; reuse pollers and unchanged queues (reload keeps state)."""
         old = self.queues
         queues: dict[str, QueueRuntime] = {}
-        used: set[Hashable] = set()
         for qc in config.active_queues():
             previous = old.get(qc.name)
             if previous is not None and previous.config.fingerprint() == qc.fingerprint():
                 queues[qc.name] = previous
-                used.add(self._poller_key(previous.batch_poller))
-                if previous.wms_poller is not None:
-                    used.add(self._poller_key(previous.wms_poller))
-                continue
-            runtime = self._make_runtime(qc)
-            queues[qc.name] = runtime
-            used.add(self._poller_key(runtime.batch_poller))
-            if runtime.wms_poller is not None:
-                used.add(self._poller_key(runtime.wms_poller))
-            if previous is not None:
-                self._close_submitter(previous)
+            else:
+                queues[qc.name] = self._make_runtime(qc)
         for name, runtime in old.items():
-            if name not in queues:
+            if queues.get(name) is not runtime:
                 self._close_submitter(runtime)
-        for key in [k for k, p in self.pollers.items() if self._poller_key(p) not in used]:
+        used = {id(r.batch_poller) for r in queues.values()} | {id(r.wms_poller) for r in queues.values()}
+        for key in [k for k, p in self.pollers.items() if id(p) not in used]:
             poller = self.pollers.pop(key)
             thread = self._threads.pop(id(poller), None)
             if thread is not None:
@@ -252,10 +243,6 @@ class Factory:
             for rt in tiers:
                 rt.cascade = cascade.name
             self.cascades[cascade.name] = cr
-
-    @staticmethod
-    def _poller_key(poller: Poller) -> Hashable:
-        return poller.plugin.endpoint_key
 
     def _poller(
         self, kind: str, cls: type[WmsStatusPlugin] | type[BatchStatusPlugin], qc: QueueConfig
@@ -336,7 +323,7 @@ class Factory:
         for runtime in mine:
             self._pilots[runtime.name] = by_queue.get(runtime.name, [])
         if not self.dry_run:
-            self._sync_store(poller, snap, {r.name for r in mine}, now)
+            self._sync_store(poller, snap)
             if id(poller) not in self._adopted:
                 self._settle_open_intents(snap, {r.name for r in mine}, now)
                 self._reconcile_store(poller, snap, {r.name for r in mine}, now)
@@ -349,7 +336,8 @@ class Factory:
             )
         self._absorbed[id(poller)] = snap.time
 
-    def _sync_store(self, poller: Poller, snap: BatchSnapshot, queues: set[str], now: float) -> None:
+    def _sync_store(self, poller: Poller, snap: BatchSnapshot) -> None:
+        """Compare with the last poll: state changes (and vanished active pilots) go to the store."""
         old = self._known.get(id(poller), {})
         new: dict[tuple[str, str], Pilot] = {}
         changed: list[Pilot] = []
@@ -407,11 +395,12 @@ class Factory:
         are settled by the backend if it can (Slurm: sacct), else marked unknown (never done)."""
         listed = {(p.queue, p.backend_id) for p in snap.pilots}
         active = [s.value for s in PilotState if s.active]
-        stale = [
+        stale = [  # one query for the factory, not one per queue (start-up with 10,000 queues)
             _pilot_from_row(row)
-            for queue in queues
-            for row in self.store.pilots(self.factory_id, queue, states=active)
-            if (row["queue"], row["backend_id"]) not in listed and (row["submitted_at"] or 0.0) < snap.time
+            for row in self.store.pilots(self.factory_id, states=active)
+            if row["queue"] in queues
+            and (row["queue"], row["backend_id"]) not in listed
+            and (row["submitted_at"] or 0.0) < snap.time
         ]
         if not stale:
             return
@@ -543,11 +532,9 @@ class Factory:
         return ThrottleHistory(len(recent), short)
 
     def _actions(self, rt: QueueRuntime, decision: Decision, now: float) -> tuple[Action, ...]:
-        if rt.submitter is None:
+        if not self._may_act(rt, now):
             return ()
-        target = self.targets.get(rt.submitter.target())
-        if target is not None and target.until > now:
-            return ()
+        assert rt.submitter is not None
         if decision.n > 0:
             return (Submit(rt.name, decision.n),)
         if decision.n < 0:
@@ -569,7 +556,7 @@ class Factory:
     def decide_pass(self, now: float, force: bool = False) -> list[Plan]:
         """Decide every eligible queue; record decisions; dispatch actions (unless dry-run)."""
         with self._lock:
-            self._running_by_wms = None
+            self._running_by_demand = None
             self._pass_demands = None
             for poller in list(self.pollers.values()):
                 snap = poller.latest
@@ -577,69 +564,79 @@ class Factory:
                     self._absorb(poller, snap, now)
             self.flush(now)
             plans: list[Plan] = []
-            extra: list[Decision] = []
             for rt in self.queues.values():
                 if rt.cascade is not None or not self._eligible(rt, now, force):
                     continue
                 decision = self.decide_queue(rt, now)
-                bsnap = rt.batch_poller.latest
                 wsnap = rt.wms_poller.latest if rt.wms_poller is not None else None
-                rt.decided_once = True
-                rt.last_batch_time = bsnap.time if bsnap is not None else None
                 rt.last_wms_time = wsnap.time if wsnap is not None else None
                 raw = wsnap.demands.get(rt.demand_key) if isinstance(wsnap, WmsSnapshot) else None
                 rt.last_ready = raw.ready if raw is not None else 0
-                rt.next_due = now + rt.config.settings.sleep
-                rt.decisions += 1
-                rt.last = decision
+                self._decided(rt, decision, now)
                 plans.append(Plan(rt.name, decision, self._actions(rt, decision, now)))
-            for cr in self.cascades.values():
-                if self._cascade_eligible(cr, now, force):
-                    tier_plans, summary = self._decide_cascade(cr, now)
-                    plans.extend(tier_plans)
-                    extra.append(summary)
-            if not plans and not extra:
-                return plans
-            try:
-                ids = self.store.record_decisions(
-                    self.factory_id, [p.decision for p in plans] + extra, self.dry_run
-                )[: len(plans)]
-            except Exception:
-                log.exception("store: recording %d decisions failed", len(plans))
-                ids = [None] * len(plans)
-            for plan, decision_id in zip(plans, ids, strict=True):
-                rt = self.queues[plan.queue]
-                for observer in self.observers:
-                    _safe(observer.on_decision, plan, self._demand(rt, now), self._supply_of(rt, now))
-                message = _label_message(plan.decision)
-                for monitor in rt.monitors:
-                    _safe(monitor.update_label, rt.name, message)
-                if not self.dry_run:
-                    self._dispatch(rt, plan, decision_id)
-        if self._inline and not self.dry_run and any(cr.redrive for cr in self.cascades.values()):
+            tier_plans, summaries = self._decide_cascades(now, force)
+            plans += tier_plans
+            self._record_and_dispatch(plans, summaries, now)
+        if self._inline and not self.dry_run:
             # a tier refused (capacity, quota, unreachable): its demand goes on in this same cycle
-            plans = plans + self._redrive(now)
+            for _ in range(max((len(cr.tiers) for cr in self.cascades.values()), default=0)):
+                if not any(cr.redrive for cr in self.cascades.values()):
+                    break
+                with self._lock:
+                    self._pass_demands = None
+                    tier_plans, summaries = self._decide_cascades(now, force=True, only_redrive=True)
+                    self._record_and_dispatch(tier_plans, summaries, now)
+                plans += tier_plans
         return plans
 
-    def _redrive(self, now: float) -> list[Plan]:
-        more: list[Plan] = []
-        for _ in range(max((len(cr.tiers) for cr in self.cascades.values()), default=0)):
-            if not any(cr.redrive for cr in self.cascades.values()):
-                break
-            with self._lock:
-                self._pass_demands = None
-                batch: list[Plan] = []
-                extra: list[Decision] = []
-                for cr in self.cascades.values():
-                    if cr.redrive and self._cascade_eligible(cr, now, True):
-                        tier_plans, summary = self._decide_cascade(cr, now)
-                        batch.extend(tier_plans)
-                        extra.append(summary)
-                ids = self.store.record_decisions(self.factory_id, [p.decision for p in batch] + extra)
-                for plan, decision_id in zip(batch, ids, strict=False):
-                    self._dispatch(self.queues[plan.queue], plan, decision_id)
-                more.extend(batch)
-        return more
+    def _decided(self, rt: QueueRuntime, decision: Decision, now: float) -> None:
+        """A queue (or tier) decided on its current batch snapshot: remember it, schedule the next."""
+        bsnap = rt.batch_poller.latest
+        rt.decided_once = True
+        rt.last_batch_time = bsnap.time if bsnap is not None else None
+        rt.next_due = now + rt.config.settings.sleep
+        rt.decisions += 1
+        rt.last = decision
+
+    def _may_act(self, rt: QueueRuntime, now: float) -> bool:
+        """A queue acts when it can (its backend was set up) and its target is not backing off."""
+        if rt.submitter is None:
+            return False
+        target = self.targets.get(rt.submitter.target())
+        return target is None or target.until <= now
+
+    def _decide_cascades(
+        self, now: float, force: bool, only_redrive: bool = False
+    ) -> tuple[list[Plan], list[Decision]]:
+        plans: list[Plan] = []
+        summaries: list[Decision] = []
+        for cr in self.cascades.values():
+            if (cr.redrive or not only_redrive) and self._cascade_eligible(cr, now, force):
+                tier_plans, summary = self._decide_cascade(cr, now)
+                plans += tier_plans
+                summaries.append(summary)
+        return plans, summaries
+
+    def _record_and_dispatch(self, plans: list[Plan], summaries: list[Decision], now: float) -> None:
+        """Record the decisions (and cascade summaries), tell observers and monitors, act."""
+        if not plans and not summaries:
+            return
+        try:
+            ids = self.store.record_decisions(
+                self.factory_id, [p.decision for p in plans] + summaries, self.dry_run
+            )[: len(plans)]
+        except Exception:
+            log.exception("store: recording %d decisions failed", len(plans))
+            ids = [None] * len(plans)
+        for plan, decision_id in zip(plans, ids, strict=True):
+            rt = self.queues[plan.queue]
+            for observer in self.observers:
+                _safe(observer.on_decision, plan, self._demand(rt, now), self.supply_of(rt, now))
+            message = _label_message(plan.decision)
+            for monitor in rt.monitors:
+                _safe(monitor.update_label, rt.name, message)
+            if not self.dry_run:
+                self._dispatch(rt, plan, decision_id)
 
     # -- cascades ---------------------------------------------------------------------------------
     def _cascade_eligible(self, cr: CascadeRuntime, now: float, force: bool) -> bool:
@@ -694,7 +691,7 @@ class Factory:
             )
             return [], Decision(cr.label, 0, (Step(f"Cascade:{cr.name}", 0, 0, f"holding: {why}"),), now)
         for rt in cr.tiers:
-            supply = self._supply_of(rt, now) or Supply(rt.name, time=now)
+            supply = self.supply_of(rt, now) or Supply(rt.name, time=now)
             supplies[rt.name] = supply
             states[rt.name] = tier_state(cr.tier(rt.name), supply, self._pilots.get(rt.name, []), now, cr)
         alloc = allocate(cr.cascade, demand, states, self._quota_left(cr, now), now)
@@ -710,20 +707,15 @@ class Factory:
             rt = self.queues[t.tier]
             decision = tier_decision(alloc, t, supplies[t.tier], now)
             actions: tuple[Action, ...] = ()
-            target = self.targets.get(rt.submitter.target()) if rt.submitter is not None else None
-            if rt.submitter is not None and not (target is not None and target.until > now):
+            if self._may_act(rt, now):
                 killorder = getattr(rt.submitter.options, "overlay_killorder", "newest")
                 actions = tier_actions(t, self._pilots.get(t.tier, []), killorder)
-            bsnap = rt.batch_poller.latest
-            rt.decided_once = True
-            rt.last_batch_time = bsnap.time if bsnap is not None else None
-            rt.next_due = now + rt.config.settings.sleep
-            rt.decisions += 1
-            rt.last = decision
+            self._decided(rt, decision, now)
             plans.append(Plan(rt.name, decision, actions))
         return plans, cascade_decision(cr, alloc, states)
 
-    def _supply_of(self, rt: QueueRuntime, now: float) -> Supply | None:
+    def supply_of(self, rt: QueueRuntime, now: float) -> Supply | None:
+        """A queue's pilots by state from its endpoint's fresh snapshot (None if stale or missing)."""
         snap = rt.batch_poller.fresh(now)
         if not isinstance(snap, BatchSnapshot):
             return None
@@ -901,7 +893,6 @@ class Factory:
             if poll_all or poller.due(now):
                 poller.poll_once(now)
         plans = self.decide_pass(now, force=poll_all)
-        self.cycles_done += 1
         return plans
 
     def start(self) -> None:
@@ -933,11 +924,11 @@ class Factory:
                 began = self.clock()
                 plans = self.decide_pass(began)
                 if plans:
-                    self.cycles_done += 1
                     duration = self.clock() - began
                     for observer in self.observers:
                         _safe(observer.on_cycle, duration, len(plans), began)
                     self._write_status(began)
+                self._prune(began)
                 if (
                     cycles is not None
                     and self.queues
@@ -1072,6 +1063,10 @@ class Factory:
         }
 
     def _write_status(self, now: float) -> None:
+        """The daemon's state for ``apf status``, at most every few seconds (it lists every queue)."""
+        if now < self._next_status:
+            return
+        self._next_status = now + STATUS_INTERVAL
         path = status_path(self.config)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -278,11 +278,3 @@ def did_you_mean(word: str, choices: Sequence[str] | set[str]) -> str:
 def options_key(options: PluginOptions | None) -> str:
     """A hashable, order-stable identity of an options model (for sharing pollers per endpoint)."""
     return options.model_dump_json() if options is not None else ""
-
-
-def option_value(options: PluginOptions, key: str, default: Any = None) -> Any:
-    """Read an option by key suffix (alias) or field name."""
-    for name, info in type(options).model_fields.items():
-        if key in (name, info.alias):
-            return getattr(options, name)
-    return default

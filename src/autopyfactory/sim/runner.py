@@ -136,7 +136,7 @@ class Simulation:
             rt = factory.queues.get(tier)
             if rt is None:
                 continue
-            supply = factory._supply_of(rt, now)
+            supply = factory.supply_of(rt, now)
             running = supply.running + supply.retiring if supply else 0
             peaks = self.peaks[tier]
             if running > peaks.get(month, 0):

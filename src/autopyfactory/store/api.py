@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, create_engine, delete, event, func
 from sqlalchemy.engine import Engine
 
 from autopyfactory.model import Decision, Pilot, PilotState
-from autopyfactory.store import ledger as _ledger  # noqa: F401  (registers the ledger tables)
+from autopyfactory.store import ledger as _ledger  # also registers the ledger tables
 from autopyfactory.store.schema import decisions, events, intents, metadata, pilots
 
 
@@ -42,18 +42,14 @@ class Store:
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
             event.listen(self.engine, "connect", _sqlite_pragmas if durable else _sqlite_fast_pragmas)
-            event.listen(self.engine, "begin", _sqlite_begin_immediate)
+            # take the write lock at BEGIN: read-then-write transactions (quota reservations)
+            # serialise instead of failing with 'database is locked' on upgrade
+            _ledger.use_begin_immediate(self.engine)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-        self._create_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._pilot_rows: dict[tuple[str, str, str], tuple[int, str]] = {}
-        with self._create_lock:
-            metadata.create_all(self.engine)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+        metadata.create_all(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -198,11 +194,6 @@ class Store:
         with self.engine.connect() as conn:
             return {queue: created for queue, created in conn.execute(query)}
 
-    def intent(self, intent_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(intents).where(intents.c.id == intent_id)).first()
-            return dict(row._mapping) if row else None
-
     def intents(self, factory_id: str, queue: str | None = None) -> list[dict[str, Any]]:
         query = select(intents).where(intents.c.factory_id == factory_id)
         if queue is not None:
@@ -288,22 +279,6 @@ class Store:
                         cache[k] = v
 
         return commit
-
-    def mark_pilots(
-        self, factory_id: str, queue: str, backend_ids: Sequence[str], state: PilotState, now: float
-    ) -> None:
-        if not backend_ids:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(pilots)
-                .where(
-                    pilots.c.factory_id == factory_id,
-                    pilots.c.queue == queue,
-                    pilots.c.backend_id.in_(backend_ids),
-                )
-                .values(state=state.value, updated_at=now)
-            )
 
     def pilots(
         self, factory_id: str, queue: str | None = None, states: Sequence[str] | None = None
@@ -427,8 +402,6 @@ def _decision_dict(row: Any) -> dict[str, Any]:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Python's sqlite3 opens transactions lazily; we issue BEGIN ourselves (see below).
-    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -441,9 +414,3 @@ def _sqlite_fast_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=OFF")
     cursor.close()
-
-
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    # Take the write lock at BEGIN: read-then-write transactions (quota reservations) serialise
-    # instead of failing with 'database is locked' on upgrade.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -32,6 +32,7 @@ from autopyfactory.plugins.base import (
     PluginOptions,
     SubmitOptions,
 )
+from autopyfactory.plugins.batch import script as pilot_script
 from autopyfactory.plugins.batch.script import parse_environ
 
 if TYPE_CHECKING:
@@ -64,21 +65,18 @@ def local_root(factory: FactoryContext) -> Path:
 
 
 def pilot_environment(
-    queue: QueueConfig, factory: FactoryContext, backend_id: str, out_path: Path
+    queue: QueueConfig, factory: FactoryContext, tags: PilotTags, backend_id: str, out_path: Path
 ) -> dict[str, str]:
-    """AutoPyFactory's pilot environment (apf-reference 5.1)."""
-    env = {
-        "PANDA_JSID": factory.factory_id,
-        "GTAG": str(out_path),
-        "APFCID": backend_id,
-        "APFFID": factory.factory_id,
-        "FACTORY_JOBID": f"{socket.gethostname()}#{backend_id}",
-        "FACTORYQUEUE": queue.name,
-    }
-    if factory.monitor_url:
-        env["APFMON"] = factory.monitor_url
-    if factory.settings.factoryUser:
-        env["FACTORYUSER"] = factory.settings.factoryUser
+    """AutoPyFactory's pilot environment (apf-reference 5.1): the shared part plus what a local
+    pilot knows at submission (its id and output file)."""
+    env = pilot_script.pilot_environment(queue, factory, tags, {})
+    env.update(
+        {
+            "GTAG": str(out_path),
+            "APFCID": backend_id,
+            "FACTORY_JOBID": f"{socket.gethostname()}#{backend_id}",
+        }
+    )
     return env
 
 
@@ -133,7 +131,7 @@ class LocalSubmit(BatchSubmitPlugin):
             pdir.mkdir()
             (pdir / "tags").write_text(f"{tags.factory_id}\n{tags.queue}\n{tags.intent_id}\n{now}\n")
             env = dict(os.environ)
-            env.update(pilot_environment(self.queue, self.factory, backend_id, pdir / "out"))
+            env.update(pilot_environment(self.queue, self.factory, tags, backend_id, pdir / "out"))
             env.update(extra_env)
             try:
                 child = subprocess.Popen(
