@@ -323,7 +323,8 @@ class Factory:
         for runtime in mine:
             self._pilots[runtime.name] = by_queue.get(runtime.name, [])
         if not self.dry_run:
-            self._sync_store(poller, snap)
+            if self.record_pilots:
+                self._sync_store(poller, snap)
             if id(poller) not in self._adopted:
                 self._settle_open_intents(snap, {r.name for r in mine}, now)
                 self._reconcile_store(poller, snap, {r.name for r in mine}, now)
