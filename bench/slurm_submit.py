@@ -5,7 +5,8 @@ In one run:
     polls: run the scheduler chain, record the decision, write the intent, one ``sbatch --array``,
     record 1,000 pilots and settle the intent in the store) for a queue whose demand is 1,000;
   * the naive loop: 1,000 separate ``sbatch`` calls with the same pilot script;
-  * the floor: one bare ``sbatch --array=1-1000`` with the same script;
+  * the floor: one bare ``sbatch --array=1-1000`` with the same script (factory and floor are
+    each the median of 5 samples: one call's time varies a lot on a busy 2-core machine);
   * the status path: with 10,000 tagged pilots of 10 queues in the queue, one ``SlurmStatus.poll``
     plus the per-queue aggregation into ``Supply`` (median of 5, after a few seconds' settling).
 Everything the benchmark submitted is cancelled. The cluster is started when it is not running
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="pilots per submission test")
     parser.add_argument("--poll-jobs", type=int, default=10000, help="jobs in the queue for the poll test")
     parser.add_argument("--queues", type=int, default=10, help="queues the poll-test jobs belong to")
+    parser.add_argument("--repeat", type=int, default=5, help="samples of the factory and array timings")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait before timing polls")
     args = parser.parse_args()
     base = os.environ.get("APF_SLURM_BASE", "/tmp/apf-slurm")
@@ -163,10 +165,18 @@ def main() -> None:
         scancel(made)
         made.clear()
 
-        with tempfile.TemporaryDirectory(prefix="apf-bench-") as tmp:
-            t_factory, job = engine_cycle(Path(tmp), f"{fid}e", args.n)
-        made.append(job)
-        log(f"factory: the engine decided and submitted {args.n} pilots in {t_factory:.4f} s")
+        # one bare call takes 5-15 ms here and varies from call to call: compare medians
+        samples = []
+        for r in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="apf-bench-") as tmp:
+                seconds, job = engine_cycle(Path(tmp), f"{fid}e{r}", args.n)
+            samples.append(seconds)
+            scancel([job])
+        t_factory = statistics.median(samples)
+        log(
+            f"factory: the engine decided and submitted {args.n} pilots in {t_factory:.4f} s "
+            f"(median of {args.repeat}: " + ", ".join(f"{t:.4f}" for t in samples) + ")"
+        )
 
         t0 = time.perf_counter()
         for _ in range(args.n):
@@ -174,10 +184,18 @@ def main() -> None:
         t_loop = time.perf_counter() - t0
         log(f"loop: {args.n} separate sbatch calls in {t_loop:.3f} s ({t_loop / args.n * 1000:.1f} ms each)")
 
-        t0 = time.perf_counter()
-        made.append(sbatch(["sbatch", "--parsable", f"--array=1-{args.n}", "-o", "/dev/null"], script))
-        t_array = time.perf_counter() - t0
-        log(f"array: one sbatch --array=1-{args.n} in {t_array:.4f} s")
+        samples = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            job = sbatch(["sbatch", "--parsable", f"--array=1-{args.n}", "-o", "/dev/null"], script)
+            samples.append(time.perf_counter() - t0)
+            scancel([job])
+        t_array = statistics.median(samples)
+        log(
+            f"array: one sbatch --array=1-{args.n} in {t_array:.4f} s (median of {args.repeat}: "
+            + ", ".join(f"{t:.4f}" for t in samples)
+            + ")"
+        )
 
         scancel(made)
         made.clear()

@@ -538,7 +538,7 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
     def _ensure_dir(self, path: str | None) -> None:
         if not path or path in self._made_dirs:
             return
-        res = self._run(["mkdir", "-p", path])
+        res = self.transport.makedirs(path, timeout=self.options.timeout)
         if res.rc != 0:
             raise BackendError(self.target(), f"cannot create log directory {path}: {res.brief()}")
         self._made_dirs.add(path)

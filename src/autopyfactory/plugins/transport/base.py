@@ -58,6 +58,10 @@ class Transport:
         """
         raise NotImplementedError
 
+    def makedirs(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        """Create a directory (and its parents) on the target."""
+        return self.run(["mkdir", "-p", path], timeout=timeout)
+
     def state(self) -> str:
         """``ok``, or what is wrong (e.g. ``backing off until 12:00:03 after: <error>``)."""
         return "ok"

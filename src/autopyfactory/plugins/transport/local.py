@@ -17,6 +17,14 @@ class LocalTransport(Transport):
         # extra environment on top of the factory's own (e.g. SLURM_CONF for a non-default cluster)
         self.env = dict(env or {})
 
+    def makedirs(self, path: str, timeout: float = DEFAULT_TIMEOUT) -> Result:
+        # in-process: no subprocess for what a system call does
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            return Result(1, "", f"mkdir: cannot create directory {path!r}: {exc.strerror}")
+        return Result(0, "", "")
+
     def run(
         self, argv: Sequence[str], input: bytes | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> Result:
