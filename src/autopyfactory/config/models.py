@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from autopyfactory.plugins.base import Plugin, PluginOptions
+    from autopyfactory.plugins.options import Plugin, PluginOptions
 
 
 class _Keys(BaseModel):
