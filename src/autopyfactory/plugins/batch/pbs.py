@@ -34,7 +34,6 @@ from autopyfactory.plugins.batch.command import (
     CommandStatus,
     CommandSubmit,
     CommandSubmitOptions,
-    CommandTarget,
     StateTable,
     parse_int,
 )
@@ -84,12 +83,8 @@ def pbs_memory(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class PBSTarget(CommandTarget):
-    flavor: Flavor = "pbspro"
-
-
-@dataclass(frozen=True, slots=True)
 class PBSEndpoint(CommandEndpoint):
+    flavor: Flavor = "pbspro"
     history: bool = True
 
 
@@ -273,7 +268,6 @@ RULES = CommandRules(
 class PBSSubmit(CommandSubmit):
     name = "PBS"
     Options = PBSSubmitOptions
-    Target = PBSTarget
     rules = RULES
     directive = "#PBS"
     options: PBSSubmitOptions
@@ -325,22 +319,17 @@ class PBSStatus(CommandStatus):
     name = "PBS"
     Options = PBSStatusOptions
     Submit = PBSSubmit
-    Target = PBSTarget
     Endpoint = PBSEndpoint
     rules = RULES
     ep: PBSEndpoint
 
-    @property
-    def flavor(self) -> Flavor:
-        return self.ep.target.flavor if isinstance(self.ep.target, PBSTarget) else "pbspro"
-
     def status_argv(self) -> list[str]:
-        if self.flavor == "torque":
+        if self.ep.flavor == "torque":
             return ["qstat", "-f", "-x", "-t"]
         return ["qstat", "-f", "-t", *(["-x"] if self.ep.history else [])]
 
     def pilots(self, output: str, now: float) -> list[Pilot]:
-        jobs = parse_qstat_xml(output) if self.flavor == "torque" else parse_qstat_full(output)
+        jobs = parse_qstat_xml(output) if self.ep.flavor == "torque" else parse_qstat_full(output)
         return [
             to_pilot(job, tags)
             for job in jobs
