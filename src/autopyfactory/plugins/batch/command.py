@@ -60,7 +60,7 @@ class CommandTarget:
     """One batch system as the factory reaches it (hashable: part of a poller's key).
 
     Fields other than ``system`` are config keys of the same name; a backend subclass adds its
-    own (Slurm's ``cluster``, PBS's ``flavor``).
+    own when they change where commands go (Slurm's ``cluster``).
     """
 
     system: str  # "slurm", "pbs", "lsf": the label's prefix
@@ -114,10 +114,11 @@ class StatusKeys:
     So a queue names its head node once, under batchsubmit, and may point its poller elsewhere.
     """
 
-    def __init__(self, status: PluginOptions, submit: PluginOptions, submit_is_queues: bool) -> None:
+    def __init__(self, status: PluginOptions, submit: PluginOptions, same_backend: bool) -> None:
+        # ``submit``: the queue's submit options when ``same_backend``, else that plugin's defaults
         self.status = status
         self.submit = submit
-        self.submit_is_queues = submit_is_queues
+        self.same_backend = same_backend
 
     def __call__(self, name: str) -> Any:
         value = getattr(self.status, name)
@@ -132,7 +133,7 @@ class StatusKeys:
 
     def origin(self, name: str, status_prefix: str, submit_prefix: str) -> str:
         """Which prefix ``name``'s value came from (to name the right key in an error)."""
-        if self._status_sets(name) or not self.submit_is_queues:
+        if self._status_sets(name) or not self.same_backend:
             return status_prefix
         return submit_prefix
 
@@ -427,11 +428,11 @@ class CommandStatus(CommandRunner, BatchStatusPlugin):
         """The target plus the status keys, by ``StatusKeys``: equal endpoints share one poller."""
         status = queue.plugin_options("batchstatus")
         submit = queue.plugin_options("batchsubmit")
-        ours = isinstance(submit, cls.Submit.Options)
+        same_backend = isinstance(submit, cls.Submit.Options)
         keys = StatusKeys(
             status if isinstance(status, cls.Options) else cls.Options(),
             submit if isinstance(submit, cls.Submit.Options) else cls.Submit.Options(),
-            ours,
+            same_backend,
         )
         target = cls.Target.from_keys(cls.name.lower(), keys)
         values = {f.name: keys(f.name) for f in fields(cls.Endpoint) if f.name not in ("target", "keys")}
