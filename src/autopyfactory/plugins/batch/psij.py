@@ -169,11 +169,7 @@ class PSIJSubmit(BatchSubmitPlugin):
         from psij import JobAttributes, JobSpec, ResourceSpecV1
 
         o = self.options
-        exe = self.queue.settings.executable
-        if not exe:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
+        exe = pilot_script.executable(self.queue, self.target())
         env = pilot_script.pilot_environment(
             self.queue, self.factory, tags, pilot_script.parse_environ(o.environ)
         )
