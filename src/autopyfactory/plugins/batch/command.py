@@ -453,6 +453,13 @@ class CommandStatus(CommandRunner, BatchStatusPlugin):
     def target_name(self) -> str:
         return self.command_target.label
 
+    def describe_endpoint(self) -> str:
+        return self.target_name
+
+    def transport_state(self) -> str | None:
+        state = self.transport.state()
+        return None if state == "ok" else state
+
     # -- what a backend writes -----------------------------------------------------------------
 
     def status_argv(self) -> list[str]:

@@ -559,6 +559,7 @@ class SlurmStatus(SlurmCommands, CommandStatus):
     Target = SlurmTarget
     Endpoint = SlurmEndpoint
     rules = RULES
+    settles = True  # sacct knows what became of pilots that left squeue
     ep: SlurmEndpoint
 
     def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
