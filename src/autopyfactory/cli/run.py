@@ -14,7 +14,7 @@ from autopyfactory.config.errors import ConfigError
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.engine.console import ConsoleTable
-from autopyfactory.engine.factory import Factory
+from autopyfactory.engine.factory import Factory, tune_gc
 
 log = logging.getLogger("autopyfactory.run")
 
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
     factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    tune_gc()
     if not args.once:
         attach_reporters(factory)
     if args.once:

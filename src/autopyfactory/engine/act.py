@@ -13,14 +13,14 @@ import logging
 import os
 import queue
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from autopyfactory.decide.policy import backoff_after_error
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.reconcile import Reconciler
 from autopyfactory.engine.record import Recorder
-from autopyfactory.engine.state import EngineState, QueueRuntime, TargetState
+from autopyfactory.engine.state import EngineState, QueueMemory, QueueRuntime, TargetState
 from autopyfactory.model import Action, Cancel, Pilot, PilotTags, Retire, Submit
 from autopyfactory.plugins.base import BackendError
 from autopyfactory.store.api import Settlement
@@ -135,11 +135,17 @@ class CompletionHandler:
         if rt is None:  # removed by a reload meanwhile
             return
         changed = completion.error is None
-        memory = rt.memory
-        rt.memory = replace(
-            memory,
-            inflight=max(0, memory.inflight - 1),
-            last_action_done=completion.finished if changed else memory.last_action_done,
+        m = rt.memory
+        rt.memory = QueueMemory(  # the constructor, not dataclasses.replace: once per action
+            m.decided_once,
+            m.last_batch_time,
+            m.last_wms_time,
+            m.last_ready,
+            completion.finished if changed else m.last_action_done,
+            m.next_due,
+            m.decisions,
+            max(0, m.inflight - 1),
+            m.last,
         )
         if completion.error is not None:
             self._target_failed(rt, job.target, completion)

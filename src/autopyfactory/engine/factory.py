@@ -21,6 +21,7 @@ Two ways to drive it, sharing all the logic:
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -47,7 +48,7 @@ from autopyfactory.store.api import IntentRequest, PassResult, Store, StoreError
 
 log = logging.getLogger("autopyfactory.factory")
 
-__all__ = ["Factory", "status_path"]
+__all__ = ["Factory", "status_path", "tune_gc"]
 
 # SIGTERM is honoured within 10 s: what shutdown may spend on each part
 SHUTDOWN_ACTIONS_S = 3.0
@@ -466,6 +467,15 @@ class Factory:
             poller.close()
         for monitor in self.state.monitors.values():
             safe(monitor.close)
+
+
+def tune_gc() -> None:
+    """For a daemon process, after start-up: the configuration, plugins and caches built so far
+    live as long as the process, so they leave the collector's generations (``gc.freeze``), and
+    collections run less often. A pass creates many short-lived objects; with the default
+    thresholds, full collections over a large factory's state cost more than the pass itself."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def _bounded(fn: Callable[[], None], seconds: float, what: str) -> None:

@@ -191,17 +191,20 @@ class SnapshotBuilder:
                 continue
             plugin = poller.plugin
             adjusting = plugin if isinstance(plugin, WmsStatusPlugin) and plugin.adjusts_demand else None
-            demands: dict[str, Demand] = {}
-            for key in {r.demand_key for r in members}:
+            by_key: dict[str, list[QueueRuntime]] = defaultdict(list)
+            for rt in members:
+                by_key[rt.demand_key].append(rt)
+            for key, serving in by_key.items():
                 demand = snap.demands.get(key) or Demand(key, time=snap.time)
                 if adjusting is not None:
                     running = self._running_by_demand() if running is None else running
                     demand = adjusting.at_decision(demand, running.get(key, 0))
-                demands[key] = demand
-            keys = {r.name: r.demand_key for r in members}
-            out.update(
-                split_demands(demands, [r.config for r in members], key_of=lambda q, k=keys: k[q.name])
-            )
+                if len(serving) == 1:  # the common case: one queue, the whole demand
+                    out[serving[0].name] = demand
+                else:
+                    out.update(
+                        split_demands({key: demand}, [r.config for r in serving], key_of=lambda _q, k=key: k)
+                    )
         return out
 
     def _running_by_demand(self) -> dict[str, int]:
@@ -252,7 +255,7 @@ def _cascade_demand(cr: CascadeRuntime, now: float) -> int | None:
 
 def _history(rt: QueueRuntime, pilots: Sequence[Pilot], now: float) -> ThrottleHistory | None:
     """Recently started pilots for the scheduler plugins that read them (Throttle)."""
-    window = next((w for w in (s.history_window() for s in rt.sched) if w is not None), None)
+    window = rt.history_window
     if window is None:
         return None
     interval, maxtime = window

@@ -89,14 +89,15 @@ def decided(
     memory: QueueMemory, times: QueueTimes, decision: Decision, now: float, sleep: float
 ) -> QueueMemory:
     """The memory after a queue (or tier) decided on its current batch snapshot."""
-    return replace(
-        memory,
+    return QueueMemory(  # the constructor, not dataclasses.replace: this runs for every queue
         decided_once=True,
         last_batch_time=times.batch_time,
         last_wms_time=times.wms_time,
         last_ready=times.raw_ready if times.raw_ready is not None else 0,
+        last_action_done=memory.last_action_done,
         next_due=now + sleep,
         decisions=memory.decisions + 1,
+        inflight=memory.inflight,
         last=decision,
     )
 

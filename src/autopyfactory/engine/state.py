@@ -61,6 +61,11 @@ class QueueRuntime:
     # the cascade this queue is a tier of: the cascade's allocation replaces its own chain
     cascade: str | None = None
     memory: QueueMemory = field(default_factory=QueueMemory)
+    # (interval, maxtime) when a scheduler plugin reads the pilot history (Throttle)
+    history_window: tuple[float, float] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.history_window = next((w for w in (s.history_window() for s in self.sched) if w), None)
 
     @property
     def name(self) -> str:

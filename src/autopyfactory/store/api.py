@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
@@ -135,8 +135,6 @@ class Store:
                 args = _server_args(url, timeout)
                 self.engine = create_engine(url, pool_pre_ping=True, connect_args=args)
                 self.reader = self.engine
-            self._cache_lock = threading.Lock()
-            self._pilot_rows: dict[tuple[str, str, str], tuple[int, str]] = {}
             if not readonly:
                 metadata.create_all(self.engine)
 
@@ -181,31 +179,23 @@ class Store:
         quota reservations) before any backend call, and a failure writes nothing. Raises
         StoreError; the caller keeps what it could not write and tries again."""
         result = PassResult()
-        commit: Callable[[], None] | None = None
         with self.guard("record"), self.engine.begin() as conn:
-            for s in settlements:
-                conn.execute(
-                    update(intents)
-                    .where(intents.c.id == s.intent_id)
-                    .values(status=s.status, submitted=s.submitted, finished=s.time, error=s.error)
+            if settlements:
+                _many(
+                    conn,
+                    "UPDATE intents SET status = ?, submitted = ?, finished = ?, error = ? WHERE id = ?",
+                    [(x.status, x.submitted, x.time, x.error, x.intent_id) for x in settlements],
                 )
-                if s.release > 0:
-                    _ledger.release(conn, s.intent_id, s.release)
+                for x in settlements:
+                    if x.release > 0:
+                        _ledger.release(conn, x.intent_id, x.release)
             if pilots_:
-                commit = self._record_pilots(conn, factory_id, pilots_, now)
+                _upsert_pilots(conn, factory_id, pilots_, now)
             if events_:
-                conn.execute(
-                    insert(events),
-                    [
-                        {
-                            "factory_id": factory_id,
-                            "time": e.time,
-                            "queue": e.queue,
-                            "kind": e.kind,
-                            "message": e.message,
-                        }
-                        for e in events_
-                    ],
+                _many(
+                    conn,
+                    "INSERT INTO events (factory_id, time, queue, kind, message) VALUES (?, ?, ?, ?, ?)",
+                    [(factory_id, e.time, e.queue, e.kind, e.message) for e in events_],
                 )
             if decisions_:
                 result.decision_ids = self._insert_decisions(conn, factory_id, decisions_, dry_run)
@@ -214,36 +204,26 @@ class Store:
                 intent_id = new_intent_id()
                 granted = req.n
                 if req.tier is not None:
-                    granted = max(
-                        0,
-                        min(
-                            req.n,
-                            _ledger.reserve(conn, req.tier.queue, req.tier.quotas, req.n, now, intent_id),
-                        ),
-                    )
+                    reserved = _ledger.reserve(conn, req.tier.queue, req.tier.quotas, req.n, now, intent_id)
+                    granted = max(0, min(req.n, reserved))
                 decision_id = (
                     result.decision_ids[req.decision]
                     if req.decision is not None and req.decision < len(result.decision_ids)
                     else None
                 )
+                tier = req.tier.queue if req.tier is not None else None
+                status, submitted = ("open", None) if granted else ("settled", 0)
                 rows.append(
-                    {
-                        "id": intent_id,
-                        "factory_id": factory_id,
-                        "queue": req.queue,
-                        "decision_id": decision_id,
-                        "n": granted,
-                        "created": now,
-                        "status": "open" if granted else "settled",
-                        "submitted": None if granted else 0,
-                        "tier": req.tier.queue if req.tier is not None else None,
-                    }
+                    (intent_id, factory_id, req.queue, decision_id, granted, now, status, submitted, tier)
                 )
                 result.intents.append((intent_id, granted))
             if rows:
-                conn.execute(insert(intents), rows)
-        if commit is not None:
-            commit()
+                _many(
+                    conn,
+                    "INSERT INTO intents (id, factory_id, queue, decision_id, n, created, status, submitted, tier)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
         return result
 
     def quota_left(self, tiers: Sequence[Tier], now: float) -> dict[str, int | None]:
@@ -264,23 +244,48 @@ class Store:
     def _insert_decisions(
         conn: Connection, factory_id: str, items: Sequence[Decision], dry_run: bool
     ) -> list[int]:
+        """Insert decisions, returning their ids in order. On SQLite the ids are given explicitly
+        (the transaction holds the write lock, so max(id) cannot move); elsewhere RETURNING."""
+        flag = int(dry_run)
         rows = [
-            {
-                "factory_id": factory_id,
-                "queue": d.queue,
-                "time": d.time,
-                "n": d.n,
-                "ready": d.ready,
-                "pending": d.pending,
-                "running": d.running,
-                "binding": d.binding,
-                "steps": json.dumps([s.as_dict() for s in d.steps]),
-                "dry_run": int(dry_run),
-            }
+            (
+                factory_id,
+                d.queue,
+                d.time,
+                d.n,
+                d.ready,
+                d.pending,
+                d.running,
+                d.binding,
+                steps_json(d),
+                flag,
+            )
             for d in items
         ]
+        if conn.dialect.name == "sqlite":
+            first = (conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM decisions").scalar() or 0) + 1
+            ids = list(range(first, first + len(rows)))
+            _many(
+                conn,
+                "INSERT INTO decisions (id, factory_id, queue, time, n, ready, pending, running, binding, steps,"
+                " dry_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(i, *row) for i, row in zip(ids, rows, strict=True)],
+            )
+            return ids
+        names = (
+            "factory_id",
+            "queue",
+            "time",
+            "n",
+            "ready",
+            "pending",
+            "running",
+            "binding",
+            "steps",
+            "dry_run",
+        )
         stmt = insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
-        return [r[0] for r in conn.execute(stmt, rows)]
+        return [r[0] for r in conn.execute(stmt, [dict(zip(names, row, strict=True)) for row in rows])]
 
     def decisions(self, factory_id: str, queue: str, limit: int = 10) -> list[dict[str, Any]]:
         query = (
@@ -411,77 +416,8 @@ class Store:
         if not items:
             return 0
         with self.guard("write"), self.engine.begin() as conn:
-            commit = self._record_pilots(conn, factory_id, items, now)
-        commit()
+            _upsert_pilots(conn, factory_id, items, now)
         return len(items)
-
-    def _record_pilots(
-        self, conn: Connection, factory_id: str, items: Sequence[Pilot], now: float
-    ) -> Callable[[], None]:
-        """Write pilots in ``conn``'s transaction; returns what to remember once it committed.
-
-        Row ids of this factory's live pilots are cached (only this factory writes its rows), so a
-        state change is one UPDATE by id; unknown ones are looked up (after a restart)."""
-        cache = self._pilot_rows
-        # one row per pilot: the latest report wins (a submission then a poll in one batch)
-        items = list({(p.queue, p.backend_id): p for p in items}.values())
-        known: dict[tuple[str, str], tuple[int, str]] = {}
-        missing: dict[str, list[str]] = {}
-        for p in items:
-            hit = cache.get((factory_id, p.queue, p.backend_id))
-            if hit is not None:
-                known[(p.queue, p.backend_id)] = hit
-            else:
-                missing.setdefault(p.queue, []).append(p.backend_id)
-        for queue, ids in missing.items():
-            for i in range(0, len(ids), 500):  # only the rows in question: O(changes), not O(history)
-                rows = conn.execute(
-                    select(pilots.c.id, pilots.c.backend_id, pilots.c.state).where(
-                        pilots.c.factory_id == factory_id,
-                        pilots.c.queue == queue,
-                        pilots.c.backend_id.in_(ids[i : i + 500]),
-                    )
-                )
-                known.update({(queue, r.backend_id): (r.id, r.state) for r in rows})
-        new_rows: list[Pilot] = []
-        changes: list[dict[str, Any]] = []
-        remember: dict[tuple[str, str, str], tuple[int, str] | None] = {}
-        for p in items:
-            key = (p.queue, p.backend_id)
-            existing = known.get(key)
-            state = p.state.value
-            if existing is None:
-                new_rows.append(p)
-            elif existing[1] != state:
-                changes.append(
-                    {
-                        "row_id": existing[0],
-                        "new_state": state,
-                        "new_started": p.started_at,
-                        "new_ended": p.ended_at,
-                        "new_updated": now,
-                        "new_node": p.node,
-                        "new_instance": p.instance_id,
-                        "new_exit": p.exit_code,
-                    }
-                )
-                remember[(factory_id, *key)] = None if p.state.final else (existing[0], state)
-            else:
-                remember[(factory_id, *key)] = None if p.state.final else existing
-        if new_rows:
-            _insert_pilots(conn, factory_id, new_rows, now)
-        if changes:
-            conn.execute(_UPDATE_PILOT, changes)  # one executemany, not a statement per pilot
-
-        def commit() -> None:
-            with self._cache_lock:
-                for k, v in remember.items():
-                    if v is None:
-                        cache.pop(k, None)
-                    else:
-                        cache[k] = v
-
-        return commit
 
     def pilots(
         self, factory_id: str, queue: str | None = None, states: Sequence[str] | None = None
@@ -531,18 +467,29 @@ _PILOT_COLUMNS = (
     "ended_at", "updated_at", "instance_id", "node", "tier", "exit_code",
 )  # fmt: skip
 
+# One statement for new pilots and state changes (SQLite >= 3.24 and PostgreSQL): what the backend
+# did not report this time keeps its stored value; what a pilot was born with never changes.
+_UPSERT_PILOT = (
+    f"INSERT INTO pilots ({', '.join(_PILOT_COLUMNS)}) VALUES ({', '.join('?' * len(_PILOT_COLUMNS))})"
+    " ON CONFLICT (factory_id, queue, backend_id) DO UPDATE SET"
+    " state = excluded.state,"
+    " updated_at = excluded.updated_at,"
+    " started_at = coalesce(excluded.started_at, pilots.started_at),"
+    " ended_at = coalesce(excluded.ended_at, pilots.ended_at),"
+    " node = coalesce(excluded.node, pilots.node),"
+    " instance_id = coalesce(excluded.instance_id, pilots.instance_id),"
+    " exit_code = coalesce(excluded.exit_code, pilots.exit_code),"
+    " intent_id = coalesce(pilots.intent_id, excluded.intent_id),"
+    " submitted_at = coalesce(pilots.submitted_at, excluded.submitted_at),"
+    " tier = coalesce(pilots.tier, excluded.tier)"
+)
 
-def _insert_pilots(conn: Connection, factory_id: str, items: Sequence[Pilot], now: float) -> None:
-    """Bulk insert through the driver's executemany: a cycle may create thousands of pilots, and
-    per-row statement building would cost more than the batch system's own submission."""
-    style = conn.dialect.paramstyle
-    mark = "?" if style == "qmark" else "%s" if style in ("format", "pyformat") else None
-    if mark is None:  # an unusual driver: the portable (slower) path
-        conn.execute(insert(pilots), [_pilot_row(factory_id, p, now) for p in items])
-        return
-    sql = (
-        f"INSERT INTO pilots ({', '.join(_PILOT_COLUMNS)}) VALUES ({', '.join([mark] * len(_PILOT_COLUMNS))})"
-    )
+
+def _upsert_pilots(conn: Connection, factory_id: str, items: Iterable[Pilot], now: float) -> None:
+    """Write pilot reports through the driver's executemany: a cycle may create thousands of
+    pilots, and per-row statement building would cost more than the batch system's submission.
+    One row per pilot: the latest report wins (a submission then a poll in one batch)."""
+    latest = {(p.queue, p.backend_id): p for p in items}
     rows = [
         (
             factory_id,
@@ -559,43 +506,35 @@ def _insert_pilots(conn: Connection, factory_id: str, items: Sequence[Pilot], no
             p.tier,
             p.exit_code,
         )
-        for p in items
+        for p in latest.values()
     ]  # fmt: skip  (the order of _PILOT_COLUMNS)
-    conn.exec_driver_sql(sql, rows)
+    _many(conn, _UPSERT_PILOT, rows)
 
 
-# A state change; fields the backend did not report this time keep their stored value.
-_UPDATE_PILOT = (
-    update(pilots)
-    .where(pilots.c.id == bindparam("row_id"))
-    .values(
-        state=bindparam("new_state"),
-        started_at=func.coalesce(bindparam("new_started"), pilots.c.started_at),
-        ended_at=func.coalesce(bindparam("new_ended"), pilots.c.ended_at),
-        updated_at=bindparam("new_updated"),
-        node=func.coalesce(bindparam("new_node"), pilots.c.node),
-        instance_id=func.coalesce(bindparam("new_instance"), pilots.c.instance_id),
-        exit_code=func.coalesce(bindparam("new_exit"), pilots.c.exit_code),
+def _many(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """executemany with ``?`` placeholders, in the driver's own parameter style."""
+    if not rows:
+        return
+    style = conn.dialect.paramstyle
+    if style in ("format", "pyformat"):
+        sql = sql.replace("?", "%s")
+    elif style != "qmark":
+        raise StoreError(f"unsupported database driver parameter style {style!r}")
+    conn.exec_driver_sql(sql, list(rows))
+
+
+def steps_json(decision: Decision) -> str:
+    """A decision's steps as the JSON list ``apf explain`` reads: ``[{"plugin", "in", "out",
+    "reason"}, ...]``, built directly (a factory writes one per queue per pass)."""
+    enc = encode_basestring_ascii
+    return (
+        "["
+        + ",".join(
+            f'{{"plugin":{enc(s.plugin)},"in":{s.n_in},"out":{s.n_out},"reason":{enc(s.reason)}}}'
+            for s in decision.steps
+        )
+        + "]"
     )
-)
-
-
-def _pilot_row(factory_id: str, p: Pilot, now: float) -> dict[str, Any]:
-    return {
-        "factory_id": factory_id,
-        "queue": p.queue,
-        "backend_id": p.backend_id,
-        "intent_id": p.intent_id,
-        "state": p.state.value,
-        "submitted_at": p.submitted_at,
-        "started_at": p.started_at,
-        "ended_at": p.ended_at,
-        "updated_at": now,
-        "instance_id": p.instance_id,
-        "node": p.node,
-        "tier": p.tier,
-        "exit_code": p.exit_code,
-    }
 
 
 def _decision_dict(row: Any) -> dict[str, Any]:
