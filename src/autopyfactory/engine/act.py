@@ -241,4 +241,4 @@ def safe(fn: Callable[..., object], *args: object) -> None:
     try:
         fn(*args)
     except Exception:
-        log.exception("observer %s failed", getattr(fn, "__qualname__", fn))
+        log.exception("observer %r failed", fn)

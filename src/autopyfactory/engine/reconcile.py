@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from autopyfactory.engine.pollers import Poller
 from autopyfactory.engine.record import Recorder
@@ -165,14 +166,16 @@ class Reconciler:
         )
 
 
-def pilot_from_row(row: dict[str, object]) -> Pilot:
+def pilot_from_row(row: Mapping[str, Any]) -> Pilot:
+    """A pilot as the store remembers it (a row of ``Store.pilots``)."""
+
     def text(key: str) -> str | None:
         value = row[key]
         return None if value is None else str(value)
 
     def number(key: str) -> float | None:
         value = row[key]
-        return None if value is None else float(value)  # type: ignore[arg-type]
+        return None if value is None else float(value)
 
     code = row["exit_code"]
     return Pilot(
@@ -186,5 +189,5 @@ def pilot_from_row(row: dict[str, object]) -> Pilot:
         instance_id=text("instance_id"),
         node=text("node"),
         tier=text("tier"),
-        exit_code=None if code is None else int(code),  # type: ignore[call-overload]
+        exit_code=None if code is None else int(code),
     )
