@@ -15,6 +15,7 @@ from autopyfactory.config.loader import load_factory_config
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.engine.console import ConsoleTable
 from autopyfactory.engine.factory import Factory, tune_gc
+from autopyfactory.store.api import StoreError
 
 log = logging.getLogger("autopyfactory.run")
 
@@ -50,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
-    factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    try:
+        factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"apf run: cannot start: {exc}", file=sys.stderr)
+        return 1
     tune_gc()
     if not args.once:
         attach_reporters(factory)

@@ -453,7 +453,13 @@ class Factory:
             thread.stop()
         self.executor.shutdown(wait=True, timeout=SHUTDOWN_ACTIONS_S)
         now = self.clock()
-        self.flush(now)
+        if self.recorder.health.ok:
+            self.flush(now)
+        else:  # a failing store would hold the stop; the next start adopts what was not written
+            log.error(
+                "store failing at stop: %d buffered rows left to the next start's adoption",
+                self.recorder.pending(),
+            )
         _bounded(self._close_all, SHUTDOWN_CLOSE_S, "closing plugins")
         for observer in self.observers:
             safe(observer.on_stop)
