@@ -33,7 +33,7 @@ from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.config.ini import interpolate, read_documents
 from autopyfactory.config.loader import build_queues, validate_model
 from autopyfactory.config.models import FactoryConfig, FactorySettings
-from autopyfactory.config.policy import PolicyDocument, check_queues, parse_policy
+from autopyfactory.config.policy import PolicyDocument, Tier, check_queues, parse_policy
 from autopyfactory.engine import plan as planner
 from autopyfactory.engine.act import Actuator, Job
 from autopyfactory.engine.build import Builder
@@ -316,7 +316,7 @@ class Planner:
     def _event(self, kind: str, message: str, where: str | None) -> None:
         self._events.append((kind, message, where))
 
-    def _quota_left(self, tiers: Sequence[Any], _now: float) -> dict[str, int | None]:
+    def _quota_left(self, tiers: Sequence[Tier], _now: float) -> dict[str, int | None]:
         return {t.queue: self._quota.get(t.queue) for t in tiers}
 
     def _feed(self, obs: Observation) -> None:

@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from autopyfactory.config.models import FactoryConfig
+from autopyfactory.config.policy import Tier
 from autopyfactory.engine import plan as planner
 from autopyfactory.engine.act import Actuator, CompletionHandler, Job, safe
 from autopyfactory.engine.build import Builder, close_submitter
@@ -220,7 +221,7 @@ class Factory:
             self._dispatch(result.plans, recorded)
         return result.plans
 
-    def _tier_of(self, queue_name: str) -> Any:
+    def _tier_of(self, queue_name: str) -> Tier | None:
         rt = self.state.queues[queue_name]
         if rt.cascade is None:
             return None
