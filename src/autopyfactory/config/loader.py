@@ -324,7 +324,7 @@ def load_factory_config(
     """autopyfactory.conf (comma list allowed) and everything it names. Raises ConfigError."""
     src = _conf_sources(conf)
     sources, base = src.conf, src.base
-    raw = interpolate(_read_all(sources, base, fetcher))
+    raw = interpolate(_read_all(sources, None, fetcher))
     problems = list(raw.problems)
     if problems:
         raise ConfigError(problems)
@@ -558,7 +558,7 @@ def _load_auth(
 def _load_monitors(
     sources: Sequence[str], base: Path, fetcher: Fetcher
 ) -> tuple[dict[str, MonitorSection], list[ConfigProblem]]:
-    raw = interpolate(_read_all(sources, base, fetcher))
+    raw = interpolate(_read_all(sources, None, fetcher))
     problems = list(raw.problems)
     out: dict[str, MonitorSection] = {}
     for name, section in raw.sections.items():

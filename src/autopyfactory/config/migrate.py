@@ -200,3 +200,138 @@ def rewrite_text(text: str, migrations: Mapping[str, Migration]) -> str:
         else:
             out.append(migration.new + match.group("rest"))
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+# -- whole configurations (apf check --migrate) ---------------------------------------------------
+
+_X509_SUFFIXES = (
+    "proxyfile",
+    "vorole",
+    "flavor",
+    "lifetime",
+    "checktime",
+    "minlife",
+    "renew",
+    "baseproxy",
+    "usercert",
+    "userkey",
+    "owner",
+    "initdelay",
+    "interruptcheck",
+    "myproxy_hostname",
+    "myproxy_username",
+    "myproxy_passphrase",
+    "retriever_list",
+    "voms.args",
+    "remote_host",
+    "remote_user",
+    "remote_owner",
+    "remote_group",
+)
+
+
+@dataclass(frozen=True)
+class MigratedFile:
+    path: str
+    text: str
+    changes: tuple[str, ...]
+
+
+def _keys_by_section(text: str) -> dict[str, list[str]]:
+    from autopyfactory.config.ini import scan_locations
+
+    keys, _ = scan_locations(text)
+    out: dict[str, list[str]] = {}
+    for section, key in keys:
+        out.setdefault(section, []).append(key)
+    return out
+
+
+def migrate_legacy_proxy_sections(text: str) -> tuple[str, list[str]]:
+    """proxy.conf (AutoPyFactory's ProxyManager) sections -> auth.conf X509 profiles."""
+    sections = _keys_by_section(text)
+    legacy = {
+        name
+        for name, keys in sections.items()
+        if name != "DEFAULT" and "plugin" not in keys and any(k in _X509_SUFFIXES for k in keys)
+    }
+    if not legacy and not any(k in _X509_SUFFIXES for k in sections.get("DEFAULT", [])):
+        return text, []
+    out: list[str] = []
+    changes: list[str] = []
+    section: str | None = None
+    key_line = re.compile(r"^(?P<key>[^\s=:#;\[][^=:]*?)(?P<rest>\s*[=:].*)$")
+    for line in text.splitlines():
+        header = re.match(r"^\s*\[(?P<name>.+)\]", line)
+        if header:
+            section = header.group("name")
+            out.append(line)
+            if section in legacy:
+                out.append("plugin = X509")
+                changes.append(f"[{section}]: proxy.conf profile -> plugin = X509, keys prefixed with x509.")
+            continue
+        match = key_line.match(line)
+        if match and (section in legacy or section == "DEFAULT") and match.group("key") in _X509_SUFFIXES:
+            out.append("x509." + line)
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else ""), changes
+
+
+def migrate_configuration(conf: str) -> list[MigratedFile]:
+    """Every local file of a configuration, rewritten with new key names (nothing is written).
+
+    Works on configurations that do not load today (that is the point): the files are found from
+    the raw ``[Factory]`` section."""
+    from pathlib import Path
+
+    from autopyfactory.config.ini import read_documents
+    from autopyfactory.config.loader import _declared
+    from autopyfactory.config.sources import local_path, read_file
+
+    first = conf.split(",")[0].strip()
+    base = local_path(first).resolve().parent
+    out: list[MigratedFile] = []
+
+    def rewrite(path: Path, rules: Callable[[str], Migration | None], auth: bool = False) -> None:
+        doc = read_file(path)
+        text = doc.text
+        changes: list[str] = []
+        if auth:
+            text, changes = migrate_legacy_proxy_sections(text)
+        found = {}
+        for keys in _keys_by_section(text).values():
+            for key in keys:
+                migration = rules(key)
+                if migration is not None:
+                    found[key] = migration
+        changes += [
+            f"{m.key} -> {m.new}" if m.new else f"{m.key}: removed ({m.message.split(': ', 1)[-1]})"
+            for m in found.values()
+        ]
+        out.append(MigratedFile(str(path), rewrite_text(text, found), tuple(changes)))
+
+    factory_path = local_path(first)
+    rewrite(factory_path, factory_key)
+    raw = read_documents([read_file(factory_path)]).sections.get("Factory")
+    values = raw.values if raw is not None else {}
+
+    def files(key: str) -> list[Path]:
+        return [
+            local_path(v.strip(), base)
+            for v in values.get(key, "").split(",")
+            if v.strip()
+            and v.strip() not in ("None", "none")
+            and not v.strip().startswith(("http://", "https://"))
+        ]
+
+    for path in files("queueConf"):
+        rewrite(path, lambda k: queue_key(k, _declared))
+    for directory in files("queueDirConf"):
+        for path in sorted(directory.glob("*.conf")) if directory.is_dir() else []:
+            rewrite(path, lambda k: queue_key(k, _declared))
+    for path in files("authConf"):
+        rewrite(path, lambda k: None, auth=True)
+    for path in files("monitorConf"):
+        rewrite(path, lambda k: None)
+    return out

@@ -35,6 +35,7 @@ from autopyfactory.plugins.base import (
     SubmitOptions,
 )
 from autopyfactory.plugins.batch import script as pilot_script
+from autopyfactory.plugins.keys import PSIJ, NeedsModules
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -152,7 +153,8 @@ def _endpoint(options: PSIJTargetOptions) -> PSIJEndpoint:
     return PSIJEndpoint(options.executor, options.url, options.polling, options.keep)
 
 
-class PSIJSubmit(BatchSubmitPlugin):
+class PSIJSubmit(NeedsModules, BatchSubmitPlugin):
+    requires = (PSIJ,)
     name = "PSIJ"
     Options = PSIJSubmitOptions
 
@@ -261,7 +263,8 @@ class PSIJSubmit(BatchSubmitPlugin):
             )
 
 
-class PSIJStatus(BatchStatusPlugin):
+class PSIJStatus(NeedsModules, BatchStatusPlugin):
+    requires = (PSIJ,)
     name = "PSIJ"
     Options = PSIJStatusOptions
 

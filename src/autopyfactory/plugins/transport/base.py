@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from autopyfactory.plugins.base import BackendError, PluginError, PluginOptions
+from autopyfactory.plugins.keys import auth_field
 
 if TYPE_CHECKING:
     from autopyfactory.plugins.base import FactoryContext
@@ -139,7 +140,9 @@ class RemoteOptions(PluginOptions):
     host: str | None = Field(None, description="head node to reach over SSH; empty = run commands locally")
     user: str | None = Field(None, description="login user on the head node")
     port: int = Field(22, ge=1, le=65535)
-    authprofile: str | None = Field(None, description="SSH profile in auth.conf (key and known_hosts)")
+    authprofile: str | None = auth_field(
+        None, "SSH", description="SSH profile in auth.conf (key and known_hosts); needed with host"
+    )
     timeout: float = Field(60.0, gt=0, description="seconds one command may take")
 
 

@@ -48,6 +48,7 @@ from autopyfactory.plugins.base import (
     PluginOptions,
     WmsStatusPlugin,
 )
+from autopyfactory.plugins.keys import auth_field
 from autopyfactory.plugins.wmsstatus.panda_legacy import UnsafePickle, safe_loads
 
 if TYPE_CHECKING:
@@ -104,7 +105,9 @@ class PandaOptions(PluginOptions):
         "http://pandaserver.cern.ch:25085/server/panda)",
     )
     mode: Literal["api", "legacy"] = "api"
-    auth: str | None = Field(None, description="auth.conf profile: X509 (client proxy) or Token (bearer)")
+    auth: str | None = auth_field(
+        None, "X509", "Token", description="auth.conf profile: X509 (client proxy) or Token (bearer)"
+    )
     timeout: float = Field(60.0, gt=0, description="seconds for one whole request, body included")
     cafile: str | None = None
     capath: str | None = Field(None, description="CA directory, e.g. /etc/grid-security/certificates")

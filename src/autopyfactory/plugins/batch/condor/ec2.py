@@ -39,6 +39,7 @@ from autopyfactory.plugins.batch.condor.base import (
     profile_options,
 )
 from autopyfactory.plugins.batch.condor.schedd import attr_value, ids_constraint, quote
+from autopyfactory.plugins.keys import auth_field
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class CondorEC2Options(CondorBaseOptions):
     user_data_file: str | None = None
     access_key_id: str | None = Field(None, description="path of the access key id file")
     secret_access_key: str | None = Field(None, description="path of the secret key file")
-    authprofile: str | None = Field(None, description="CloudKey auth profile (instead of the two paths)")
+    authprofile: str | None = auth_field(
+        None, "CloudKey", description="CloudKey auth profile (instead of the two paths)"
+    )
     usessh: bool = Field(False, description="APF: condor_off over ssh; not supported")
     peaceful: bool = Field(True, description="APF 2.4: False removes VM jobs instead of retiring nodes")
     bootgrace: float = Field(900.0, ge=0, description="s before a node retired on its own is removed")
