@@ -85,6 +85,7 @@ def check_factory(
     config: FactoryConfig,
     *,
     store: bool = True,
+    dirs: bool = True,
     construct: bool = True,
     timeout: float = 10.0,
     extra_dirs: Mapping[str, Path] | None = None,
@@ -92,11 +93,12 @@ def check_factory(
     """Every start-up check for ``config`` (see the module docstring)."""
     findings: list[Finding] = []
     settings = config.settings
-    findings += check_directory(settings.state_path, "factory.statedir")
-    if settings.baseLogDir:
-        findings += check_directory(Path(settings.baseLogDir).expanduser(), "baseLogDir")
-    for what, path in (extra_dirs or {}).items():
-        findings += check_directory(path, what)
+    if dirs:
+        findings += check_directory(settings.state_path, "factory.statedir")
+        if settings.baseLogDir:
+            findings += check_directory(Path(settings.baseLogDir).expanduser(), "baseLogDir")
+        for what, path in (extra_dirs or {}).items():
+            findings += check_directory(path, what)
     if store:
         findings += check_store(settings.database_url(), timeout=timeout)
     ctx = factory_context(config)

@@ -71,8 +71,11 @@ def open_read_only(url: str) -> ReadOnlyStore | None:
         if path is not None:
             if not path.exists():
                 return None
+            # a running daemon keeps a -wal file: read through it (mode=ro); without one nobody
+            # writes, and immutable=1 reads without creating -wal/-shm files next to the database
+            flags = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
             engine = create_engine(
-                f"sqlite:///file:{path}?mode=ro&uri=true",
+                f"sqlite:///file:{path}?{flags}&uri=true",
                 connect_args={"check_same_thread": False, "timeout": 30},
             )
         elif make_url(url).get_backend_name() == "postgresql":

@@ -54,10 +54,12 @@ class LSFSubmitOptions(RemoteOptions, SubmitOptions):
     cores: int | None = Field(None, ge=1, description="slots per pilot (-n)")
     memory: str | None = Field(None, description="memory limit per pilot in MB (-M, -R rusage[mem=...])")
     extra: str | None = Field(None, description="extra #BSUB options, one per line or ';' separated")
-    environ: str | None = None
-    workdir: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
+    workdir: str | None = Field(None, description="pilot working directory on the cluster")
     logdir: str | None = Field(None, description="directory on the cluster for pilot output")
-    logurl: str | None = None
+    logurl: str | None = Field(
+        None, description="URL that serves logdir (GTAG points at <logurl>/<APFCID>.out)"
+    )
 
     @field_validator("walltime")
     @classmethod

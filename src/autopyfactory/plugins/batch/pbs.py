@@ -54,13 +54,15 @@ class PBSSubmitOptions(PBSTargetOptions, SubmitOptions):
     queue: str | None = Field(None, description="PBS queue (-q)")
     account: str | None = Field(None, description="account string (-A)")
     walltime: str | None = Field(None, description="minutes or HH:MM:SS")
-    cores: int | None = Field(None, ge=1)
+    cores: int | None = Field(None, ge=1, le=100_000, description="CPU cores per pilot (ncpus)")
     memory: str | None = Field(None, description="memory per pilot in MB, or with a kb/mb/gb suffix")
     extra: str | None = Field(None, description="extra #PBS options, one per line or ';' separated")
-    environ: str | None = None
-    workdir: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
+    workdir: str | None = Field(None, description="pilot working directory on the cluster")
     logdir: str | None = Field(None, description="directory on the cluster for pilot output")
-    logurl: str | None = None
+    logurl: str | None = Field(
+        None, description="URL that serves logdir (GTAG points at <logurl>/<APFCID>.out)"
+    )
 
     @field_validator("walltime")
     @classmethod

@@ -52,13 +52,15 @@ class PSIJTargetOptions(PluginOptions):
 
 class PSIJSubmitOptions(PSIJTargetOptions, SubmitOptions):
     queue: str | None = Field(None, description="batch queue / partition")
-    account: str | None = None
+    account: str | None = Field(None, description="account / project charged")
     walltime: int = Field(60, ge=1, description="minutes")
     cores: int | None = Field(None, ge=1, description="CPU cores per pilot")
-    environ: str | None = None
-    workdir: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
+    workdir: str | None = Field(None, description="pilot working directory on the cluster")
     logdir: str | None = Field(None, description="directory for pilot stdout/stderr (<psij job id>.out/.err)")
-    logurl: str | None = None
+    logurl: str | None = Field(
+        None, description="URL that serves logdir (GTAG points at <logurl>/<APFCID>.out)"
+    )
 
 
 class PSIJStatusOptions(PSIJTargetOptions):

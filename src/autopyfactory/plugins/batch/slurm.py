@@ -64,9 +64,9 @@ class SlurmTargetOptions(RemoteOptions):
 
 
 class SlurmSubmitOptions(SlurmTargetOptions, SubmitOptions):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = Field(None, description="Slurm partition (--partition)")
+    account: str | None = Field(None, description="account charged (--account)")
+    qos: str | None = Field(None, description="quality of service (--qos)")
     walltime: str | None = Field(None, description="minutes, or a Slurm time such as 1-12:00:00")
     cores: int | None = Field(None, ge=1, description="CPUs per pilot (--cpus-per-task)")
     memory: str | None = Field(None, description="memory per pilot: MB, or with a K/M/G/T suffix")
@@ -113,9 +113,15 @@ class SlurmSubmitOptions(SlurmTargetOptions, SubmitOptions):
 class SlurmStatusOptions(SlurmTargetOptions):
     """Status keys; target keys left unset are taken from the queue's batchsubmit.slurm.* keys."""
 
-    port: int | None = Field(None, ge=1, le=65535)  # type: ignore[assignment]
-    timeout: float | None = Field(None, gt=0)  # type: ignore[assignment]
-    sacct: bool | None = None
+    port: int | None = Field(  # type: ignore[assignment]
+        None, ge=1, le=65535, description="SSH port of the head node (default: batchsubmit.slurm.port)"
+    )
+    timeout: float | None = Field(  # type: ignore[assignment]
+        None, gt=0, le=3600, description="seconds one command may take (default: batchsubmit.slurm.timeout)"
+    )
+    sacct: bool | None = Field(
+        None, description="settle finished pilots from sacct (default: batchsubmit.slurm.sacct)"
+    )
     settle_polls: int = Field(3, ge=1, description="polls to wait for sacct to know a finished pilot")
     keep: float = Field(3600.0, ge=0, description="seconds a settled pilot stays in snapshots")
 

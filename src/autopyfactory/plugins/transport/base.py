@@ -139,11 +139,11 @@ class RemoteOptions(PluginOptions):
 
     host: str | None = Field(None, description="head node to reach over SSH; empty = run commands locally")
     user: str | None = Field(None, description="login user on the head node")
-    port: int = Field(22, ge=1, le=65535)
+    port: int = Field(22, ge=1, le=65535, description="SSH port of the head node")
     authprofile: str | None = auth_field(
         None, "SSH", description="SSH profile in auth.conf (key and known_hosts); needed with host"
     )
-    timeout: float = Field(60.0, gt=0, description="seconds one command may take")
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds one command may take")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from autopyfactory import __version__
+from autopyfactory.config.bounds import SECONDS_MAX
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import (
     BackendError,
@@ -104,18 +105,32 @@ class PandaOptions(PluginOptions):
         description="API base (default http://pandaserver.cern.ch:25080/api/v1; legacy mode: "
         "http://pandaserver.cern.ch:25085/server/panda)",
     )
-    mode: Literal["api", "legacy"] = "api"
+    mode: Literal["api", "legacy"] = Field(
+        "api", description="api (panda-server >= 0.5.2, JSON) or legacy (getJobStatisticsPerSite pickle)"
+    )
     auth: str | None = auth_field(
         None, "X509", "Token", description="auth.conf profile: X509 (client proxy) or Token (bearer)"
     )
-    timeout: float = Field(60.0, gt=0, description="seconds for one whole request, body included")
-    cafile: str | None = None
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds for one whole request, body included")
+    cafile: str | None = Field(None, description="CA bundle to verify the server (https)")
     capath: str | None = Field(None, description="CA directory, e.g. /etc/grid-security/certificates")
     sitestatus: str | None = Field(
         None, description="panda (api mode default), none (legacy default), or a JSON URL/path"
     )
-    sitestatus_interval: float = Field(600.0, alias="sitestatus.interval", gt=0)
-    sitestatus_maxage: float = Field(3600.0, alias="sitestatus.maxage", gt=0)
+    sitestatus_interval: float = Field(
+        600.0,
+        alias="sitestatus.interval",
+        gt=0,
+        le=SECONDS_MAX,
+        description="seconds between site-status refreshes",
+    )
+    sitestatus_maxage: float = Field(
+        3600.0,
+        alias="sitestatus.maxage",
+        gt=0,
+        le=SECONDS_MAX,
+        description="seconds a site status stays valid when refreshes fail",
+    )
     prodsourcelabels: str | None = Field(None, description="count only these labels (comma list)")
     resourcetypes: str | None = Field(None, description="count only these resource types (comma list)")
 

@@ -65,10 +65,12 @@ class CondorBaseOptions(SubmitOptions):
     )
     proxyfile: str | None = Field(None, description="explicit x509userproxy path (when no proxy profile)")
     # remote submission (APF lost it at HEAD): the same keys as batchstatus.condor.*
-    scheddhost: str | None = None
-    scheddport: int | None = None
-    collectorhost: str | None = None
-    collectorport: int | None = None
+    scheddhost: str | None = Field(None, description="submit to this remote schedd (default: the local one)")
+    scheddport: int | None = Field(
+        None, description="accepted for AutoPyFactory compatibility; the schedd is found by name"
+    )
+    collectorhost: str | None = Field(None, description="collector (pool) that locates the remote schedd")
+    collectorport: int | None = Field(None, description="the collector's port when not in collectorhost")
     submitargs: str | None = Field(None, description="APF 2.4: '-remote <schedd>' / '-name' / '-pool'")
 
 

@@ -52,12 +52,12 @@ class CondorEC2Options(CondorBaseOptions):
     gridresource: str = Field(
         ..., description="the EC2 endpoint URL, e.g. https://ec2.us-east-1.amazonaws.com"
     )
-    ami_id: str
-    instance_type: str
-    security_groups: str | None = None
-    spot_price: float | None = None
-    user_data: str | None = None
-    user_data_file: str | None = None
+    ami_id: str = Field(description="the machine image (AMI) to boot")
+    instance_type: str = Field(description="the instance type, e.g. m5.large")
+    security_groups: str | None = Field(None, description="comma list of security groups")
+    spot_price: float | None = Field(None, description="bid for spot instances (unset: on-demand)")
+    user_data: str | None = Field(None, description="user data passed to the instance (inline)")
+    user_data_file: str | None = Field(None, description="file whose content is the user data")
     access_key_id: str | None = Field(None, description="path of the access key id file")
     secret_access_key: str | None = Field(None, description="path of the secret key file")
     authprofile: str | None = auth_field(
