@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from autopyfactory.config.bounds import COUNT_MAX, INTERVAL_MIN, SECONDS_MAX
+from autopyfactory.decide.cancel_settings import CancelSettings
 
 if TYPE_CHECKING:
     from autopyfactory.plugins.base import Plugin, PluginOptions
@@ -344,19 +345,6 @@ class QueueSettings(_Keys):
     @property
     def cancel(self) -> CancelSettings:
         return CancelSettings(self.cancel_pending_after, self.cancel_excess_pending, self.cancel_maxpercycle)
-
-
-@dataclass(frozen=True)
-class CancelSettings:
-    """A queue's idle-cancellation keys (``cancel.*``), for ``decide.cancel``."""
-
-    pending_after: float | None = None
-    excess_pending: bool = False
-    maxpercycle: int = 100
-
-    @property
-    def enabled(self) -> bool:
-        return self.pending_after is not None or self.excess_pending
 
 
 @dataclass(frozen=True)
