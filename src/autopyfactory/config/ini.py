@@ -226,7 +226,11 @@ def read_directory(directory: str, base: Path | None = None, *, key: str = "queu
 
 
 class InterpolationError(Exception):
-    pass
+    """``key`` is the key whose own value is at fault (keys referring to it fail too, silently)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def interpolate(raw: RawConfig) -> RawConfig:
@@ -239,8 +243,8 @@ def interpolate(raw: RawConfig) -> RawConfig:
             try:
                 resolved = resolver.get(key)
             except InterpolationError as exc:
-                loc = section.locate(key)
-                out.problems.append(ConfigProblem.at(loc, name, key, str(exc)))
+                if exc.key in (None, key):  # one problem, at the key whose value is wrong
+                    out.problems.append(ConfigProblem.at(section.locate(key), name, key, str(exc)))
                 continue
             if resolved.startswith("~"):
                 resolved = os.path.expanduser(resolved)
@@ -255,22 +259,24 @@ class _Resolver:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.done: dict[str, str] = {}
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, InterpolationError] = {}
         self.active: list[str] = []
 
     def get(self, key: str) -> str:
         if key in self.done:
             return self.done[key]
         if key in self.failed:
-            raise InterpolationError(self.failed[key])
+            raise self.failed[key]
         if key in self.active:
             cycle = " -> ".join([*self.active[self.active.index(key) :], key])
-            raise InterpolationError(f"interpolation cycle: {cycle}")
+            raise InterpolationError(f"interpolation cycle: {cycle}", key)
         self.active.append(key)
         try:
             value = self._expand(self.env[key])
         except InterpolationError as exc:
-            self.failed[key] = str(exc)
+            if exc.key is None:
+                exc.key = key
+            self.failed[key] = exc
             raise
         finally:
             self.active.pop()
@@ -303,13 +309,7 @@ class _Resolver:
                     raise InterpolationError(
                         f"%({ref})s refers to a key that is not set in this section or [DEFAULT]"
                     )
-                try:
-                    piece = value[i:j] + self.get(ref)
-                except InterpolationError as exc:
-                    message = str(exc)
-                    if not message.startswith(("interpolation cycle", "via ")):
-                        message = f"via %({ref})s: {message}"
-                    raise InterpolationError(message) from None
+                piece = value[i:j] + self.get(ref)  # its failure is reported at its own key
                 i = match.end()
             size += len(piece)
             if size > MAX_VALUE_CHARS:

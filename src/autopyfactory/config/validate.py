@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import typing
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -72,6 +73,27 @@ def _is_secret(model: type[BaseModel], field: str) -> bool:
     return info is not None and "SecretStr" in repr(info.annotation)
 
 
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields whose type admits a number (int or float, possibly optional or annotated)."""
+
+    def numeric(annotation: Any) -> bool:
+        if annotation in (int, float):
+            return True
+        return any(numeric(a) for a in typing.get_args(annotation))
+
+    return frozenset(n for n, info in model.model_fields.items() if numeric(info.annotation))
+
+
+def _non_finite(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
 def number_problems(model: BaseModel) -> list[tuple[str, str]]:
     """(field, message) for every number that is not finite or beyond ``NUMBER_MAX``."""
     out = []
@@ -118,6 +140,15 @@ def validate_model(
     keys = {(info.alias or name): name for name, info in model.model_fields.items()}
     data = {k: literal(v) for k, v in values.items() if k in keys}
     names = {n: a for a, n in keys.items()}
+    numeric = _numeric_fields(model)
+    infinite = [k for k, v in data.items() if keys[k] in numeric and _non_finite(v)]
+    if infinite:
+        return None, [
+            ConfigProblem.at(
+                file_of(k), section, k, "must be a finite number" + shown(k, data[k], sensitive=sensitive)
+            )
+            for k in infinite
+        ]
     try:
         result = model.model_validate(data)
     except ValidationError as exc:
@@ -172,6 +203,12 @@ def options_from_keys(
     for name, values in dynamic.items():
         if values:
             data[name] = values
+    numeric = _numeric_fields(options_cls)
+    infinite = [s for s, v in data.items() if suffixes.get(s) in numeric and _non_finite(v)]
+    for suffix in infinite:
+        key = key_of_field[suffixes[suffix]]
+        problem(key, "must be a finite number" + shown(key, data[suffix], sensitive=sensitive))
+        del data[suffix]  # the other keys are still checked
 
     try:
         options = options_cls.model_validate(data)
