@@ -125,17 +125,20 @@ def _existing_ancestor(path: Path) -> Path:
 def check_directory(path: Path, what: str) -> list[Finding]:
     """``path`` is a writable directory, or could be created as one (nothing is created)."""
     where = f"{what} {path}"
-    if path.exists():
-        if not path.is_dir():
-            return [Finding(where, "exists but is not a directory")]
-        if not os.access(path, os.W_OK | os.X_OK):
-            return [Finding(where, f"is not writable by uid {os.geteuid()}")]
-        return []
-    ancestor = _existing_ancestor(path)
-    if not ancestor.is_dir():
-        return [Finding(where, f"cannot be created: {ancestor} is not a directory")]
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return [Finding(where, f"cannot be created: {ancestor} is not writable by uid {os.geteuid()}")]
+    try:
+        if path.exists():
+            if not path.is_dir():
+                return [Finding(where, "exists but is not a directory")]
+            if not os.access(path, os.W_OK | os.X_OK):
+                return [Finding(where, f"is not writable by uid {os.geteuid()}")]
+            return []
+        ancestor = _existing_ancestor(path)
+        if not ancestor.is_dir():
+            return [Finding(where, f"cannot be created: {ancestor} is not a directory")]
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            return [Finding(where, f"cannot be created: {ancestor} is not writable by uid {os.geteuid()}")]
+    except OSError as exc:  # e.g. a parent directory this user cannot enter
+        return [Finding(where, f"cannot be checked: {exc.strerror or exc} (uid {os.geteuid()})")]
     return []
 
 
@@ -173,6 +176,13 @@ def check_store(url: str, *, timeout: float = 10.0) -> list[Finding]:
 
 
 def _check_sqlite(path: Path, where: str) -> list[Finding]:
+    try:
+        return _check_sqlite_file(path, where)
+    except OSError as exc:
+        return [Finding(where, f"cannot be checked: {exc.strerror or exc} (uid {os.geteuid()})")]
+
+
+def _check_sqlite_file(path: Path, where: str) -> list[Finding]:
     if path.exists():
         if not path.is_file():
             return [Finding(where, f"{path} is not a regular file")]

@@ -130,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         factory = Factory(to_run, dry_run=args.dry_run, observers=observers)
     except Exception as exc:  # the store or a poller failed in a way the checks did not foresee
-        first = (str(exc) or type(exc).__name__).strip().splitlines()[0][:300]
-        print(f"apf run: cannot start the factory: {type(exc).__name__}: {first}", file=sys.stderr)
+        print(f"apf run: cannot start the factory: {startup_error(exc, to_run)}", file=sys.stderr)
         log.debug("factory construction failed", exc_info=True)
         return 1
     for runtime in factory.queues.values():
@@ -140,6 +139,20 @@ def run(args: argparse.Namespace) -> int:
     if args.once:
         return _once(factory, args, failed, table)
     return _daemon(factory, config, args, failed, notifier, handler)
+
+
+def startup_error(exc: Exception, config: FactoryConfig) -> str:
+    """One line for an exception at start-up; store errors name the store (without a password)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autopyfactory.preflight import redact_db_url
+
+    detail = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    first = detail.strip().splitlines()[0][:300]
+    if isinstance(exc, SQLAlchemyError):
+        hint = " (is the disk full or read-only?)" if "disk" in first or "readonly" in first else ""
+        return f"store {redact_db_url(config.settings.database_url())}: {first}{hint}"
+    return f"{type(exc).__name__}: {first}"
 
 
 def _once(factory: Factory, args: argparse.Namespace, failed: dict[str, str], table: bool) -> int:
