@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -93,14 +94,24 @@ def run_migrate(args: argparse.Namespace) -> int:
         for change in item.changes:
             print(f"apf: {item.path}: {change}", file=sys.stderr)
         if target is None:
-            print(f"# ==> {item.path} <==")
-            print(item.text, end="" if item.text.endswith("\n") else "\n")
+            text = item.shown()
+            print(
+                f"# ==> {item.path} <=="
+                + (" (secret values hidden; --migrate-to writes them)" if item.sensitive else "")
+            )
+            print(text, end="" if text.endswith("\n") else "\n")
             continue
         out = target / Path(item.path).name
         if out.resolve() == Path(item.path).resolve():
             print(f"apf check --migrate-to: refusing to overwrite {item.path}", file=sys.stderr)
             return 2
-        out.write_text(item.text, encoding="utf-8")
+        if item.sensitive:  # it holds secrets: owner-only, created so (never briefly readable)
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(item.text)
+        else:
+            out.write_text(item.text, encoding="utf-8")
     if target is not None:
         print(
             f"wrote {len(files)} file(s) to {target} ({changed} changed); check them with apf check",

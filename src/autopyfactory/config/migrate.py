@@ -235,6 +235,37 @@ class MigratedFile:
     path: str
     text: str
     changes: tuple[str, ...]
+    sensitive: bool = False  # an auth file: shown only with secret values hidden
+
+    def shown(self) -> str:
+        """The text to print: for auth files, secret values and stray lines are hidden; URL
+        passwords are hidden everywhere."""
+        text = hide_secrets(self.text) if self.sensitive else self.text
+        return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^\s/:@]*:)[^\s/@]+@")
+
+
+def hide_secrets(text: str) -> str:
+    """An auth file for display: keys, headers and comments stay; every value but ``plugin`` and
+    every other line (a pasted key, a continuation) is hidden. A secret pasted into the wrong key
+    must not show either."""
+    key_line = re.compile(r"^(?P<key>[^\s=:#;\[][^=:]*?)\s*[=:]")
+    out: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;" or re.match(r"^\s*\[.+\]", line):
+            out.append(line)
+            continue
+        match = key_line.match(line) if not line[:1].isspace() else None
+        if match is None:
+            out.append("    <hidden>" if line[:1].isspace() else "<hidden line>")
+        elif match.group("key") == "plugin":
+            out.append(line)
+        else:
+            out.append(f"{match.group('key')} = <hidden: copy it from the original>")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
 def _keys_by_section(text: str) -> dict[str, list[str]]:
@@ -309,7 +340,7 @@ def migrate_configuration(conf: str) -> list[MigratedFile]:
             f"{m.key} -> {m.new}" if m.new else f"{m.key}: removed ({m.message.split(': ', 1)[-1]})"
             for m in found.values()
         ]
-        out.append(MigratedFile(str(path), rewrite_text(text, found), tuple(changes)))
+        out.append(MigratedFile(str(path), rewrite_text(text, found), tuple(changes), sensitive=auth))
 
     factory_path = local_path(first)
     rewrite(factory_path, factory_key)

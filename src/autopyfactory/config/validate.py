@@ -24,7 +24,9 @@ from autopyfactory.config.errors import ConfigProblem, Location
 from autopyfactory.plugins.base import Plugin, PluginOptions, did_you_mean
 
 _NONE = {"None", "none"}
-_SECRET_NAME = re.compile(r"pass(word|phrase)?|secret|token|privatekey|privkey|credential|apikey", re.I)
+_SECRET_NAME = re.compile(
+    r"pass(word|phrase)?|secret|token|privatekey|privkey|credential|apikey|access_key", re.I
+)
 
 Locator = Callable[[str], "Location | str | None"]
 
