@@ -76,7 +76,7 @@ def endpoint_label(kind: str, plugin_name: str, endpoint_key: Hashable) -> str:
     head = f"{kind} {plugin_name}"
     if type(endpoint_key).__str__ is not object.__str__ and not isinstance(endpoint_key, tuple | str):
         text = str(endpoint_key)
-        return text if text.startswith(plugin_name) else f"{kind} {text}"
+        return f"{kind} {text}" if text.startswith(plugin_name) else f"{head} {text}"
     options: Mapping[str, Any] = {}
     places: list[str] = []
     parts = endpoint_key if isinstance(endpoint_key, tuple) else (endpoint_key,)
