@@ -150,6 +150,17 @@ def log_handler(target: str) -> logging.Handler:
         raise LogTargetError(f"--log {target}: cannot open: {exc.strerror or exc}") from None
 
 
+class SyslogHandler(logging.handlers.SysLogHandler):
+    """A syslog handler that reports a lost syslog once on stderr instead of a traceback per line."""
+
+    _complained = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._complained:
+            self._complained = True
+            sys.stderr.write(f"autopyfactory: cannot write to syslog at {self.address}; log lines are lost\n")
+
+
 def _syslog_handler(target: str) -> logging.Handler:
     rest = target.partition(":")[2]
     address: str | tuple[str, int]
@@ -164,15 +175,26 @@ def _syslog_handler(target: str) -> logging.Handler:
                 f"--log {target}: expected syslog, syslog:/path/to/socket or syslog:host:port"
             )
         address = (host, int(port))
+    where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+    if isinstance(address, str):
+        # the handler would connect lazily and then print a traceback per line: check now
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_UNIX, kind) as probe:
+                try:
+                    probe.connect(address)
+                    break
+                except OSError as exc:
+                    error = exc
+        else:
+            raise LogTargetError(
+                f"--log {target}: cannot reach syslog at {where}: {error.strerror or error} "
+                "(under systemd, stderr already goes to the journal)"
+            ) from None
     try:
-        handler = logging.handlers.SysLogHandler(
-            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON
-        )
+        handler = SyslogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     except OSError as exc:
-        where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
         raise LogTargetError(
-            f"--log {target}: cannot reach syslog at {where}: {exc.strerror or exc} "
-            "(under systemd, stderr already goes to the journal)"
+            f"--log {target}: cannot reach syslog at {where}: {exc.strerror or exc}"
         ) from None
     handler.ident = "autopyfactory: "
     return handler

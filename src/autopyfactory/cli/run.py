@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from autopyfactory import __version__
 from autopyfactory.cli._common import add_conf, bounded, count, load_or_report, print_preflight, setup_logging
 from autopyfactory.cli._daemon import DaemonFile, daemon_path
 from autopyfactory.config.models import FactoryConfig
@@ -136,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
     for runtime in factory.queues.values():
         if runtime.error:
             failed[runtime.name] = runtime.error
+    log.info(
+        "autopyfactory %s: factory %s from %s: %d queue(s) set up, %d not%s",
+        __version__,
+        config.factory_id,
+        args.conf,
+        len(factory.queues) - len([n for n in failed if n in factory.queues]),
+        len(failed),
+        " (dry run)" if args.dry_run else "",
+    )
     if args.once:
         return _once(factory, args, failed, table)
     return _daemon(factory, config, args, failed, notifier, handler)
@@ -216,7 +226,9 @@ class Supervisor(threading.Thread):
     def tick(self) -> None:
         now = self.clock()
         settings = self.factory.config.settings
-        self.daemon.heartbeat(now, settings.factory_sleep)
+        if not self.daemon.heartbeat(now, settings.factory_sleep):
+            log.warning("cannot write %s", self.daemon.path)
+        log.debug("supervisor: heartbeat, %d queue(s)", len(self.factory.queues))
         due = self.next_reconfig is not None and now >= self.next_reconfig
         if self._reload_asked or due:
             self._reload_asked = False
