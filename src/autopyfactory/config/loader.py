@@ -175,7 +175,7 @@ def build_queue(name: str, section: RawSection) -> tuple[QueueConfig | None, lis
     for key in values:
         if key in QUEUE_KEYS or any(key.startswith(p) for p in used_prefixes):
             continue
-        _classify_unknown_queue_key(key, problem)
+        _classify_unknown_queue_key(key, values[key], problem)
 
     if any(not p.warning for p in problems) or settings is None:
         return None, problems
@@ -217,7 +217,23 @@ def _prefix_keys(kind: str) -> dict[str, tuple[frozenset[str], tuple[str, ...], 
     return {p: (frozenset(s), tuple(d), tuple(n)) for p, (s, d, n) in out.items()}
 
 
-def _classify_unknown_queue_key(key: str, problem: Callable[..., None]) -> None:
+@functools.lru_cache(maxsize=4096)
+def _unused_key_problem(kind: str, prefix: str, suffix: str, value: str) -> str | None:
+    """The value of a key of a plugin the queue does not use, checked against its declaration."""
+    for name in _prefix_keys(kind)[prefix][2]:
+        try:
+            cls = plugins.load(kind, name)
+        except PluginError:
+            continue
+        if suffix not in known_suffixes(cls.Options):
+            continue
+        _, problems = options_from_keys(cls, {prefix + suffix: value}, file_of=lambda key: None)
+        errors = [p.message for p in problems if not p.message.startswith("required key is missing")]
+        return errors[0] if errors else None
+    return None
+
+
+def _classify_unknown_queue_key(key: str, value: str, problem: Callable[..., None]) -> None:
     if key.startswith(_RESERVED_QUEUE_NAMESPACES):
         return
     kind = key.split(".", 1)[0]
@@ -228,7 +244,13 @@ def _classify_unknown_queue_key(key: str, problem: Callable[..., None]) -> None:
             # a key of a plugin this queue does not use (often from DEFAULT): still no typo
             suffixes, dynamic, names = known[prefix]
             suffix = key[len(prefix) :]
-            if suffix in suffixes or suffix.startswith(dynamic):
+            if suffix.startswith(dynamic):
+                return
+            if suffix in suffixes:
+                # no effect on this queue, but a wrong value is still wrong
+                message = _unused_key_problem(kind, prefix, suffix, value)
+                if message:
+                    problem(key, message)
                 return
             hint = did_you_mean(suffix, list(suffixes))
             hint = hint.replace("'", "'" + prefix, 1) if hint else ""
