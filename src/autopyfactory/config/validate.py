@@ -99,7 +99,7 @@ def _non_finite(value: object) -> bool:
 def number_problems(model: BaseModel) -> list[tuple[str, str]]:
     """(field, message) for every number that is not finite or beyond ``NUMBER_MAX``."""
     out = []
-    for name in type(model).model_fields:
+    for name in _numeric_fields(type(model)):
         value = getattr(model, name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
