@@ -74,6 +74,8 @@ def test_status_running_stopped_and_killed(tmp: Path, capsys: pytest.CaptureFixt
         assert "queue BROKEN failed to set up:" in text and "no 'executable'" in text
         assert "BROKEN (NOT SET UP)" in text
         assert "metrics: http://127.0.0.1:" in text
+        assert "poller batchstatus Local at /" in text  # (the engine cuts long keys at 80 characters)
+        assert "poller wmsstatus Sim: ok" in text and "('" not in text  # words, not Python tuples
         info = json.loads(_json_status(conf, capsys))
         assert info["daemon"]["running"] is True and info["daemon"]["pid"] == proc.pid
         assert "BROKEN" in info["failed_queues"]

@@ -10,7 +10,9 @@ as "last known". Decisions made by ``apf run --dry-run`` or ``apf plan`` are mar
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from autopyfactory.cli._common import add_conf, load_or_report
 from autopyfactory.cli._daemon import daemon_path, daemon_state, read_json
 from autopyfactory.cli._store import StoreUnavailable, open_read_only
 from autopyfactory.config.models import FactoryConfig
+from autopyfactory.plugins.keys import endpoint_label
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +37,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def status_file(config: FactoryConfig) -> Any:
     """The engine's status file (the same path as ``engine.factory.status_path``)."""
     return config.settings.state_path / f"status-{config.factory_id}.json"
+
+
+_ENGINE_LABEL = re.compile(r"^(?P<kind>[a-z]+):(?P<name>[A-Za-z0-9_]+):(?P<key>.*)$")
+
+
+def in_words(label: str) -> str:
+    """A poller label as the engine writes it today (``batchstatus:Local:('Local', '/x', 3600.0)``)
+    in words (``batchstatus Local at /x``); labels already in words are kept."""
+    match = _ENGINE_LABEL.match(label)
+    if match is None:
+        return label
+    kind, name, key = match.group("kind", "name", "key")
+    try:
+        value = ast.literal_eval(key)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        if not key.startswith("("):
+            return f"{kind} {key}" if key.startswith(name) else f"{kind} {name} {key}"
+        # a tuple the engine cut at 80 characters: its quoted parts (the last one cut short)
+        value = tuple(re.findall(r"'([^']*)'?", key))
+    return endpoint_label(kind, name, value if isinstance(value, tuple | str) else str(value))
 
 
 def _when(t: float | None) -> str:
@@ -95,7 +118,9 @@ def collect(conf: str, now: float | None = None) -> dict[str, object] | None:
         "store_error": store_error,
         "queues": queues,
         "failed_queues": failed,
-        "pollers": engine.get("pollers", {}) if isinstance(engine.get("pollers"), dict) else {},
+        "pollers": {in_words(str(k)): v for k, v in engine.get("pollers", {}).items()}
+        if isinstance(engine.get("pollers"), dict)
+        else {},
         "targets": engine.get("targets", {}) if isinstance(engine.get("targets"), dict) else {},
         "daemon_status_time": engine.get("time"),
         "metrics": engine.get("metrics") if state.running else None,
