@@ -31,9 +31,11 @@ from typing import Any
 
 from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.config.ini import interpolate, read_documents
-from autopyfactory.config.loader import build_queues, validate_model
+from autopyfactory.config.loader import build_queues
 from autopyfactory.config.models import FactoryConfig, FactorySettings
 from autopyfactory.config.policy import PolicyDocument, Tier, check_queues, parse_policy
+from autopyfactory.config.sources import SourceText
+from autopyfactory.config.validate import validate_model
 from autopyfactory.engine import plan as planner
 from autopyfactory.engine.act import Actuator, Job
 from autopyfactory.engine.build import Builder
@@ -202,15 +204,16 @@ class Planner:
         optional ``[Factory]`` text and an optional policy document (YAML or JSON). Queues need
         not name their status and submit plugins when the planner is only asked to decide (the
         simulated ones stand in). Raises ConfigError with one problem per mistake."""
-        raw = interpolate(read_documents([("<factory>", factory or "[Factory]\nfactoryId = libapf\n")]))
-        fvalues = dict(raw.sections["Factory"].values) if "Factory" in raw.sections else {}
+        default_factory = "[Factory]\nfactoryId = libapf\n"
+        raw = interpolate(read_documents([SourceText("<factory>", factory or default_factory)]))
+        fsection = raw.sections.get("Factory")
+        fvalues = dict(fsection.values) if fsection is not None else {}
         fvalues.setdefault("factoryId", "libapf")
         problems: list[ConfigProblem] = list(raw.problems)
-        settings, errs = validate_model(
-            FactorySettings, fvalues, file_of=lambda _k: "<factory>", section="Factory"
-        )
+        locate = fsection.locate if fsection is not None else (lambda _key: None)
+        settings, errs = validate_model(FactorySettings, fvalues, file_of=locate, section="Factory")
         problems += errs
-        qraw = interpolate(read_documents([("<queues>", queues)]))
+        qraw = interpolate(read_documents([SourceText("<queues>", queues)]))
         for section in qraw.sections.values():
             for key, value in _QUEUE_DEFAULTS.items():
                 section.values.setdefault(key, value)

@@ -150,7 +150,7 @@ class Builder:
         max_backoff = config.poll_setting(
             kind, cls.name, "maxbackoff", interval * cls.default_maxbackoff_intervals
         )
-        label = f"{kind}:{cls.name}:{plugin.describe_endpoint()}"
+        label = plugin.describe_endpoint()
         poller = Poller(kind, label, plugin, interval, max(maxage, interval), max(max_backoff, interval))
         poller.on_result = self.on_poll
         self.state.pollers[key] = poller

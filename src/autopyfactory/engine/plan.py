@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from autopyfactory.decide.base import SchedContext, run_chain
+from autopyfactory.decide.cancel import idle_cancellations, with_idle_cancel
 from autopyfactory.decide.policy import TierState, allocate
 from autopyfactory.decide.retire import select_for_retire
 from autopyfactory.engine.cascade import (
@@ -157,10 +158,21 @@ def queue_actions(
 
 def plan_queue(
     rt: QueueRuntime, obs: QueueObservation, times: QueueTimes, now: float, factory_max: int | None
-) -> tuple[Plan, QueueMemory]:
+) -> tuple[Plan, QueueMemory, PlanEvent | None]:
     decision = decide_queue(rt, obs, now, factory_max)
+    actions = queue_actions(rt.retire, decision, obs)
+    event: PlanEvent | None = None
+    settings = rt.cancel
+    if settings.enabled and rt.retire is not None and obs.blocked is None:
+        # idle cancellation (cancel.*): pending pilots too old, or beyond a dropped demand
+        taken = {i for a in actions if isinstance(a, Cancel | Retire) for i in a.backend_ids}
+        pilots = obs.pilots if obs.supply is not None else None
+        cancel = idle_cancellations(pilots, obs.demand, decision.n, settings, now, exclude=taken)
+        if cancel is not None:
+            decision, actions = with_idle_cancel(decision, actions, cancel)
+            event = ("cancel-idle", cancel.message(), rt.name)
     memory = decided(rt.memory, times, decision, now, rt.config.settings.sleep)
-    return Plan(rt.name, decision, queue_actions(rt.retire, decision, obs)), memory
+    return Plan(rt.name, decision, actions), memory, event
 
 
 # -- cascades --------------------------------------------------------------------------------------
@@ -234,9 +246,11 @@ def plan_pass(
     out = PassPlan()
     now = snapshot.time
     for rt, times in queues:
-        plan, memory = plan_queue(rt, snapshot.queues[rt.name], times, now, snapshot.factory_max)
+        plan, memory, event = plan_queue(rt, snapshot.queues[rt.name], times, now, snapshot.factory_max)
         out.plans.append(plan)
         out.queue_memory[rt.name] = memory
+        if event is not None:
+            out.events.append(event)
     for cr, times_by_tier in cascades:
         out.extend(plan_cascade(cr, snapshot.cascades[cr.name], snapshot.queues, times_by_tier, now))
     return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from autopyfactory.config.models import FactoryConfig, QueueConfig
 from autopyfactory.config.policy import Cascade, Tier
 from autopyfactory.decide.base import SchedPlugin
+from autopyfactory.decide.cancel_settings import CancelSettings
 from autopyfactory.decide.policy import CascadeAllocation
 from autopyfactory.engine.pollers import Poller
 from autopyfactory.model import Decision, Pilot
@@ -63,9 +64,12 @@ class QueueRuntime:
     memory: QueueMemory = field(default_factory=QueueMemory)
     # (interval, maxtime) when a scheduler plugin reads the pilot history (Throttle)
     history_window: tuple[float, float] | None = field(init=False, default=None)
+    # idle cancellation keys (cancel.*), read once
+    cancel: CancelSettings = field(init=False, default_factory=CancelSettings)
 
     def __post_init__(self) -> None:
         self.history_window = next((w for w in (s.history_window() for s in self.sched) if w), None)
+        self.cancel = self.config.settings.cancel
 
     @property
     def name(self) -> str:

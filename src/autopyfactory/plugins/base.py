@@ -11,10 +11,11 @@ attribute and overrides the matching method (``BatchStatusPlugin.settles`` + ``s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autopyfactory.model import BatchSnapshot, Demand, Pilot, PilotTags, WmsSnapshot
 from autopyfactory.plugins.options import Plugin, PluginOptions, SubmitOptions, options_key
@@ -98,9 +99,9 @@ class StatusPlugin(Plugin):
         self.factory = factory
 
     def describe_endpoint(self) -> str:
-        """The endpoint in words for logs and status (``user@head``, a URL); plugins whose endpoint
-        key is not self-explanatory override it."""
-        return describe_key(self.endpoint_key, skip=self.name)
+        """This poller named in words for logs and status (``batchstatus Slurm at user@head``);
+        plugins whose endpoint key does not describe itself override it."""
+        return endpoint_label(self.kind, self.name, self.endpoint_key)
 
     def transport_state(self) -> str | None:
         """How the connection to the endpoint fares when it is not 'ok' (e.g. an SSH target backing
@@ -240,31 +241,55 @@ class MonitorPlugin(Plugin):
         pass
 
 
-def describe_key(key: Hashable, skip: str = "", limit: int = 80) -> str:
-    """A readable form of an endpoint key: the values of a ``(plugin, options-json)`` key or of a
-    dataclass/tuple key, never Python reprs of nested tuples. ``skip``: the plugin's name."""
-    import dataclasses
-    import json
+def endpoint_label(kind: str, plugin_name: str, endpoint_key: Hashable) -> str:
+    """A poller or target named in words: ``batchstatus Slurm at user@hpc:22 (cluster c1)``.
 
-    parts: list[str] = []
-    items = key if isinstance(key, tuple) else (key,)
-    for item in items:
-        if item in (None, "", skip) or (isinstance(item, tuple) and not item):
+    Keys that print themselves (a class with its own ``__str__``) are used as they are; the
+    default ``(name, options JSON)`` tuples show their non-empty options as ``key=value``."""
+    head = f"{kind} {plugin_name}"
+    if type(endpoint_key).__str__ is not object.__str__ and not isinstance(endpoint_key, tuple | str):
+        text = str(endpoint_key)
+        return f"{kind} {text}" if text.startswith(plugin_name) else f"{head} {text}"
+    options: Mapping[str, Any] = {}
+    places: list[str] = []
+    parts = endpoint_key if isinstance(endpoint_key, tuple) else (endpoint_key,)
+    for part in parts:
+        if not isinstance(part, str) or not part or part == plugin_name:
             continue
-        if dataclasses.is_dataclass(item) and not isinstance(item, type):
-            values = dataclasses.asdict(item)
-        elif isinstance(item, str) and item.startswith("{"):
+        if part.startswith("{"):
             try:
-                values = json.loads(item)
+                loaded = json.loads(part)
             except ValueError:
-                values = {"": item}
-        else:
-            values = {"": item}
-        if isinstance(values, dict):
-            for k, v in values.items():
-                if v in (None, "", [], {}, False, ()):
-                    continue
-                shown = v if isinstance(v, str | int | float) else json.dumps(v, default=str)
-                parts.append(f"{k}={shown}" if k else str(shown))
-    text = " ".join(parts) or "default"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+                loaded = None
+            if isinstance(loaded, dict):
+                options = loaded
+                continue
+        places.append(_short(part))
+    where = f" at {', '.join(places)}" if places else ""
+    return head + where + _describe_options(options)
+
+
+_SECRETISH = ("secret", "token", "password", "passphrase", "key")
+
+
+def _describe_options(options: Mapping[str, Any]) -> str:
+    host = options.get("host") or options.get("scheddhost") or options.get("url")
+    where = ""
+    if host:
+        user = options.get("user")
+        port = options.get("port") or options.get("scheddport")
+        where = f" at {user + '@' if user else ''}{host}{':' + str(port) if port and port != 22 else ''}"
+    rest = [
+        f"{k}={_short(v)}"
+        for k, v in options.items()
+        if v not in (None, "", [], {})
+        and k not in ("host", "user", "port", "scheddhost", "scheddport", "url")
+        and not any(s in k.lower() for s in _SECRETISH)
+        and not isinstance(v, dict | list)
+    ]
+    return where + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

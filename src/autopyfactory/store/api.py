@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from autopyfactory.model import Decision, Pilot, PilotState
 from autopyfactory.store import ledger as _ledger  # also registers the ledger tables
@@ -104,38 +105,52 @@ class Store:
         self, url: str, *, durable: bool = True, timeout: float = DEFAULT_TIMEOUT, readonly: bool = False
     ) -> None:
         """``durable=False`` (the simulator) trades crash durability of the last commits for speed.
-        ``readonly``: open an existing store for reading only; nothing is created (``apf status``).
-        Raises StoreError when the store cannot be opened."""
+        ``readonly``: open an existing store for reading only (``apf status``, ``explain``, ``plan``):
+        nothing is created on disk and writes are dropped (``sqlite://`` gives an empty in-memory
+        store). Raises StoreError when the store cannot be opened."""
         self.url = url
         self.label = redact_url(url)
         self.timeout = timeout
         self.readonly = readonly
         with self.guard("open"):
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                # one shared in-memory database (a scratch store: nothing on disk)
+                args = {"check_same_thread": False}
+                self.engine: Engine = create_engine("sqlite://", connect_args=args, poolclass=StaticPool)
+                self.reader: Engine = self.engine
+                metadata.create_all(self.engine)
+                return
             if url.startswith("sqlite:///"):
                 path = Path(url.removeprefix("sqlite:///")).expanduser()
                 if readonly:
                     if not path.is_file():
                         raise StoreError(f"store {self.label}: no such database file")
-                    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+                    # a running daemon keeps a -wal file: read through it (mode=ro); without one
+                    # nobody writes, and immutable=1 reads without creating -wal/-shm files
+                    flags = "mode=ro" if path.with_name(path.name + "-wal").exists() else "immutable=1"
+                    url = f"sqlite:///file:{path}?{flags}&uri=true"
                 else:
                     if path.parent.exists() and not path.parent.is_dir():
                         raise StoreError(f"store {self.label}: {path.parent} is not a directory")
                     path.parent.mkdir(parents=True, exist_ok=True)
                 args = {"check_same_thread": False, "timeout": timeout}
                 pragmas = _sqlite_pragmas(timeout, durable and not readonly, wal=not readonly)
-                self.engine: Engine = create_engine(url, connect_args=args)
+                self.engine = create_engine(url, connect_args=args)
                 event.listen(self.engine, "connect", pragmas)
                 # reads never take the write lock (a busy writer does not stall `apf status`)
-                self.reader: Engine = create_engine(url, connect_args=args)
+                self.reader = create_engine(url, connect_args=args)
                 event.listen(self.reader, "connect", pragmas)
                 # take the write lock at BEGIN: read-then-write transactions (quota reservations)
                 # serialise instead of failing with 'database is locked' on upgrade
                 _ledger.use_begin_immediate(self.engine)
             else:
-                args = _server_args(url, timeout)
+                args = _server_args(url, timeout, readonly)
                 self.engine = create_engine(url, pool_pre_ping=True, connect_args=args)
                 self.reader = self.engine
-            if not readonly:
+            if readonly:
+                with self.reader.connect():
+                    pass  # fail now (unreachable server, unreadable file), not on first use
+            else:
                 metadata.create_all(self.engine)
 
     @contextmanager
@@ -179,6 +194,8 @@ class Store:
         quota reservations) before any backend call, and a failure writes nothing. Raises
         StoreError; the caller keeps what it could not write and tries again."""
         result = PassResult()
+        if self.readonly:  # a read-only command's decisions are not the daemon's: nothing is kept
+            return result
         with self.guard("record"), self.engine.begin() as conn:
             if settlements:
                 _many(
@@ -235,6 +252,8 @@ class Store:
     def record_decisions(
         self, factory_id: str, items: Sequence[Decision], dry_run: bool = False
     ) -> list[int]:
+        if self.readonly:
+            return [0] * len(items)
         if not items:
             return []
         with self.guard("record decisions"), self.engine.begin() as conn:
@@ -311,6 +330,8 @@ class Store:
     def prune(self, factory_id: str, older_than: float) -> int:
         """Forget decisions, events, settled intents and finished pilots older than ``older_than``
         (a busy factory records a decision per queue per cycle). Quota ledger entries are kept."""
+        if self.readonly:
+            return 0
         final = [s.value for s in PilotState if s.final] + [PilotState.UNKNOWN.value]
         with self.guard("write"), self.engine.begin() as conn:
             removed = conn.execute(
@@ -348,6 +369,8 @@ class Store:
     ) -> tuple[str, int]:
         """Write the intent before anything is submitted. ``reserve(conn, intent_id)`` runs in the
         same transaction (the quota ledger) and may grant fewer than n; returns (id, granted)."""
+        if self.readonly:
+            raise StoreError(f"store {self.label}: opened read-only, nothing can be submitted")
         intent_id = new_intent_id()
         with self.guard("write"), self.engine.begin() as conn:
             granted = n if reserve is None else max(0, min(n, reserve(conn, intent_id)))
@@ -375,6 +398,8 @@ class Store:
         error: str | None = None,
         release: Callable[[Connection], None] | None = None,
     ) -> None:
+        if self.readonly:
+            raise StoreError(f"store {self.label}: opened read-only")
         with self.guard("write"), self.engine.begin() as conn:
             conn.execute(
                 update(intents)
@@ -412,6 +437,8 @@ class Store:
     # -- pilots ------------------------------------------------------------------------------------
     def record_pilots(self, factory_id: str, items: Iterable[Pilot], now: float) -> int:
         """Insert new pilots and update the state of known ones (by queue + backend id)."""
+        if self.readonly:
+            return 0
         items = list(items)
         if not items:
             return 0
@@ -446,6 +473,8 @@ class Store:
     def add_event(
         self, factory_id: str, now: float, kind: str, message: str, queue: str | None = None
     ) -> None:
+        if self.readonly:
+            return
         with self.guard("write"), self.engine.begin() as conn:
             conn.execute(
                 insert(events).values(
@@ -555,11 +584,12 @@ def _sqlite_pragmas(timeout: float, durable: bool, wal: bool = True) -> Callable
     return pragmas
 
 
-def _server_args(url: str, timeout: float) -> dict[str, Any]:
+def _server_args(url: str, timeout: float, readonly: bool = False) -> dict[str, Any]:
     """Bounded waits on a database server: connecting, and waiting for a lock."""
     if url.startswith(("postgresql", "postgres")):
         ms = int(timeout * 1000)
-        return {"connect_timeout": max(1, int(timeout)), "options": f"-c lock_timeout={ms}"}
+        options = f"-c lock_timeout={ms}" + (" -c default_transaction_read_only=on" if readonly else "")
+        return {"connect_timeout": max(1, int(timeout)), "options": options}
     return {}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.plugins.options import PluginOptions
 
@@ -10,7 +13,9 @@ class MaxPerCycle(SchedPlugin):
     name = "MaxPerCycle"
 
     class Options(PluginOptions):
-        maximum: int | None = None
+        maximum: int | None = Field(
+            None, ge=0, le=COUNT_MAX, description="pilots submitted per cycle at most"
+        )
 
     options: Options
 

@@ -454,7 +454,7 @@ class CommandStatus(CommandRunner, BatchStatusPlugin):
         return self.command_target.label
 
     def describe_endpoint(self) -> str:
-        return self.target_name
+        return f"{self.kind} {self.name} at {self.target_name}"
 
     def transport_state(self) -> str | None:
         state = self.transport.state()

@@ -45,7 +45,7 @@ class LSFSubmitOptions(CommandSubmitOptions):
     queue: str | None = Field(None, description="LSF queue (-q)")
     project: str | None = Field(None, description="project / account (-P)")
     walltime: str | None = Field(None, description="minutes or HH:MM (-W)")
-    cores: int | None = Field(None, ge=1, description="slots per pilot (-n)")
+    cores: int | None = Field(None, ge=1, le=100_000, description="slots per pilot (-n)")
     memory: str | None = Field(None, description="memory limit per pilot in MB (-M, -R rusage[mem=...])")
 
     @field_validator("walltime")

@@ -50,7 +50,7 @@ class PBSSubmitOptions(PBSTargetOptions, CommandSubmitOptions):
     queue: str | None = Field(None, description="PBS queue (-q)")
     account: str | None = Field(None, description="account string (-A)")
     walltime: str | None = Field(None, description="minutes or HH:MM:SS")
-    cores: int | None = Field(None, ge=1)
+    cores: int | None = Field(None, ge=1, le=100_000, description="CPU cores per pilot (ncpus)")
     memory: str | None = Field(None, description="memory per pilot in MB, or with a kb/mb/gb suffix")
 
     @field_validator("walltime")

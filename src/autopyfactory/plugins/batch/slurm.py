@@ -68,11 +68,11 @@ class SlurmTargetOptions(RemoteOptions):
 
 
 class SlurmSubmitOptions(SlurmTargetOptions, CommandSubmitOptions):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = Field(None, description="Slurm partition (--partition)")
+    account: str | None = Field(None, description="account charged (--account)")
+    qos: str | None = Field(None, description="quality of service (--qos)")
     walltime: str | None = Field(None, description="minutes, or a Slurm time such as 1-12:00:00")
-    cores: int | None = Field(None, ge=1, description="CPUs per pilot (--cpus-per-task)")
+    cores: int | None = Field(None, ge=1, le=100_000, description="CPUs per pilot (--cpus-per-task)")
     memory: str | None = Field(None, description="memory per pilot: MB, or with a K/M/G/T suffix")
     export: str = Field("NONE", description="sbatch --export: NONE keeps the factory's environment out")
     workdir: str | None = Field(None, description="pilot working directory on the cluster (--chdir)")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.keys import auth_field
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -137,6 +138,8 @@ class RemoteOptions(PluginOptions):
 
     host: str | None = Field(None, description="head node to reach over SSH; empty = run commands locally")
     user: str | None = Field(None, description="login user on the head node")
-    port: int = Field(22, ge=1, le=65535)
-    authprofile: str | None = Field(None, description="SSH profile in auth.conf (key and known_hosts)")
-    timeout: float = Field(60.0, gt=0, description="seconds one command may take")
+    port: int = Field(22, ge=1, le=65535, description="SSH port of the head node")
+    authprofile: str | None = auth_field(
+        None, "SSH", description="SSH profile in auth.conf (key and known_hosts); needed with host"
+    )
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds one command may take")
