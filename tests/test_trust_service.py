@@ -224,7 +224,9 @@ def test_dry_run_contacts_no_monitor(tmp: Path) -> None:
         )
         try:
             # the daemon has decided (and would have reported to the monitor) at least once
-            wait_for(lambda: (tmp / "state" / "status-trust.json").exists(), 30, "a dry-run decision pass")
+            wait_for(
+                lambda: (tmp / "state" / "status-trust-dry-run.json").exists(), 30, "a dry-run decision pass"
+            )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         finally:

@@ -248,14 +248,14 @@ class Supervisor(threading.Thread):
         if result.config is None:
             for problem in result.problems:
                 log.error("reload refused, the running configuration is kept: %s", problem)
-            self.refused()
+            self.refused([str(p) for p in result.problems])
             return
         report = check_factory(result.config)
         for finding in report.errors:
             log.error("reload: start-up check: %s", finding)
         if report.factory_errors:
             log.error("reload refused (factory-level problems); the running configuration is kept")
-            self.refused()
+            self.refused([str(f) for f in report.factory_errors])
             return
         new = runnable(result.config, report, dry_run=self.dry_run)
         self.daemon.doc["failed_queues"] = {n: "; ".join(v) for n, v in report.failed_queues.items()}
@@ -263,9 +263,9 @@ class Supervisor(threading.Thread):
         self.factory.request_reload(lambda config=new: config)
         self.watcher.remember(result.config)
 
-    def refused(self) -> None:
+    def refused(self, reasons: list[str]) -> None:
         """Let the engine record the refusal (its reload-failed event) between passes."""
-        self.factory.request_reload(lambda: None)
+        self.factory.report_reload_failure(reasons)
 
 
 def _daemon(
@@ -323,7 +323,17 @@ def _daemon(
     interval = watchdog_interval()
     loop = threading.current_thread()
     watchdog = (
-        Watchdog(notifier, interval, lambda: loop.is_alive() and not factory.stopping) if interval else None
+        Watchdog(
+            notifier,
+            interval,
+            lambda: (
+                loop.is_alive()
+                and not factory.stopping
+                and time.monotonic() - factory.heartbeat < 2 * interval
+            ),
+        )
+        if interval
+        else None
     )
     if watchdog is not None:
         watchdog.start()

@@ -77,12 +77,19 @@ class Builder:
         before = set(state.pollers)
         old = state.queues
         queues: dict[str, QueueRuntime] = {}
+        state.failed = {}
         for qc in config.active_queues():
             previous = old.get(qc.name)
             if previous is not None and previous.config.fingerprint() == qc.fingerprint():
                 queues[qc.name] = previous
-            else:
+                continue
+            try:
                 queues[qc.name] = self._queue(qc)
+            except Exception as exc:  # one queue's status plugin must not stop the others
+                error = f"cannot set up: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                state.failed[qc.name] = error
+                log.error("queue %s: %s", qc.name, error)
+                self.event("queue-error", error, qc.name)
         for name, runtime in old.items():
             if queues.get(name) is not runtime:
                 close_submitter(runtime)

@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -104,6 +104,8 @@ class Factory:
         self._threads: dict[int, PollerThread] = {}
         self._next_prune = 0.0
         self._closed = False
+        # monotonic time of the loop's last iteration (a service watchdog reads it)
+        self.heartbeat = time.monotonic()
         self.builder.build(config)
 
     # -- what others read ----------------------------------------------------------------------------
@@ -335,6 +337,7 @@ class Factory:
         self._wait_first_polls(first_poll_timeout)
         try:
             while not self._stopping.is_set():
+                self.heartbeat = time.monotonic()
                 self._apply_reloads()
                 began = self.clock()
                 plans = self.decide_pass(began)
@@ -399,6 +402,11 @@ class Factory:
         """Read and validate a new configuration on its own thread (safe from a signal handler);
         the loop swaps it in between passes."""
         self.reloader.request(load, why)
+
+    def report_reload_failure(self, reasons: Sequence[str], why: str = "reload") -> None:
+        """A reload refused before it reached the engine (e.g. its start-up checks failed):
+        recorded like any failed reload, and the running configuration stays."""
+        self._reloaded(ReloadResult(None, "; ".join(reasons) or "configuration invalid", why))
 
     def _reloaded(self, result: ReloadResult) -> None:
         self._reloads.put(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ def label_message(decision: Decision) -> str:
     return ";".join(f"{s.plugin}:in={s.n_in},ret={s.n_out}" for s in decision.steps)
 
 
-def status_path(config: FactoryConfig) -> Path:
-    return config.settings.state_path / f"status-{config.factory_id}.json"
+def status_path(config: FactoryConfig, dry_run: bool = False) -> Path:
+    """The daemon's status file (a dry run writes its own, never the real daemon's)."""
+    suffix = "-dry-run" if dry_run else ""
+    return config.settings.state_path / f"status-{config.factory_id}{suffix}.json"
 
 
 class Reporter:
@@ -56,6 +59,8 @@ class Reporter:
         self.published: dict[str, Any] = {}
         self._next_write = 0.0
         self._changed = False
+        self.started = clock()
+        self.host = socket.gethostname()
 
     def decisions(self, plans: Sequence[Plan], snapshot: Snapshot) -> None:
         """Tell observers and each queue's monitors (monitors queue the post on their own thread)."""
@@ -80,6 +85,8 @@ class Reporter:
             "factory": state.factory_id,
             "time": now,
             "pid": os.getpid(),
+            "host": self.host,
+            "started": self.started,
             "heartbeat": now,
             "dry_run": self.dry_run,
             "metrics": self.metrics_url,
@@ -107,7 +114,7 @@ class Reporter:
                 }
                 for r in state.queues.values()
             },
-            "failed_queues": {r.name: r.error for r in state.queues.values() if r.error},
+            "failed_queues": {**state.failed, **{r.name: r.error for r in state.queues.values() if r.error}},
             "cascades": {
                 c.name: {
                     "backoff_until": {t: u for t, u in c.backoff_until.items() if u > now},
@@ -127,7 +134,7 @@ class Reporter:
         self._changed = False
         self._next_write = now + STATUS_INTERVAL
         self.published = self.status(now)
-        path = status_path(self.state.config)
+        path = status_path(self.state.config, self.dry_run)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -139,7 +146,7 @@ class Reporter:
     def stopped(self, now: float) -> None:
         """The daemon stops: say so in the status file (``apf status``: not running since ...)."""
         self.published = self.status(now) | {"stopped": now}
-        path = status_path(self.state.config)
+        path = status_path(self.state.config, self.dry_run)
         try:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.published))
