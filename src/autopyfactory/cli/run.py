@@ -15,6 +15,7 @@ from autopyfactory.config.loader import load_factory_config
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.engine.console import ConsoleTable
 from autopyfactory.engine.factory import Factory
+from autopyfactory.web.service import WebService
 
 log = logging.getLogger("autopyfactory.run")
 
@@ -51,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
     factory = Factory(config, dry_run=args.dry_run, observers=observers)
-    if not args.once:
-        attach_reporters(factory)
+    web = None if args.once else attach_reporters(factory)
     if args.once:
         plans = factory.step(time.time(), poll_all=True)
         factory.shutdown()
@@ -76,31 +76,30 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
     log.info("factory %s starting with %d queue(s)", config.factory_id, len(factory.queues))
-    factory.run(cycles=args.cycles)
+    try:
+        factory.run(cycles=args.cycles)
+    finally:
+        if web is not None:
+            web.stop()
     log.info("factory %s stopped", config.factory_id)
     return 0
 
 
-def attach_reporters(factory: Factory) -> None:
-    """Prometheus metrics and e-mail alerts for the daemon; a failure to start one is logged."""
+def attach_reporters(factory: Factory) -> WebService:
+    """Prometheus metrics, the web dashboard (which serves /metrics) with the pilot log server,
+    and e-mail alerts for the daemon; a failure to start one is logged. Stop the returned web
+    service after ``factory.run``."""
     from autopyfactory.engine.alerts import Alerts
     from autopyfactory.engine.metrics import Metrics
 
-    settings = factory.config.settings
-    if settings.metrics_address:
-        metrics = Metrics(factory.factory_id, address=settings.metrics_address)
-        try:
-            metrics.start()
-            factory.observers.append(metrics)
-            factory.metrics_url = metrics.url
-        except OSError as exc:
-            log.error(
-                "metrics: cannot listen on %s: %s (continuing without metrics)", settings.metrics_address, exc
-            )
-    alerts = Alerts(settings, factory.config.auth, maxage=_maxages(factory))
+    metrics = Metrics(factory.factory_id)
+    factory.observers.append(metrics)
+    web = WebService(factory, metrics.registry).start()
+    alerts = Alerts(factory.config.settings, factory.config.auth, maxage=_maxages(factory))
     if alerts.enabled:
         alerts.start()
         factory.observers.append(alerts)
+    return web
 
 
 def _maxages(factory: Factory) -> dict[str, float]:

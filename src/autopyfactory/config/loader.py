@@ -56,7 +56,10 @@ _DEAD_FACTORY_KEYS = {
     "versionTag",
     "config.queues.agis.defaultsfile",
 }
-_FACTORY_PATH_KEYS = ("queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf")
+_FACTORY_PATH_KEYS = (
+    "queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf",
+    "web.tokenfile", "web.tls.certfile", "web.tls.keyfile", "web.tls.cafile", "web.reportsdir",
+)  # fmt: skip
 
 
 def _aliases(model: type[BaseModel]) -> dict[str, str]:

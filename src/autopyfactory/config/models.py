@@ -7,10 +7,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from autopyfactory.plugins.base import Plugin, PluginOptions
+
+
+DEFAULT_WEB_ADDRESS = "127.0.0.1:9642"
+
+
+def parse_address(text: str, default_port: int = 0) -> tuple[str, int]:
+    """``host:port``, ``:port``, ``port`` or ``host`` -> (host, port); IPv6 as ``[::1]:9642``.
+    An empty host means 127.0.0.1 (never all interfaces by accident). Raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.isdigit():
+        host, port = "", text
+    else:
+        host, port = text, ""
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r} (use host:port, e.g. 127.0.0.1:9642)") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return host or "127.0.0.1", number
 
 
 class _Keys(BaseModel):
@@ -57,10 +82,66 @@ class FactorySettings(_Keys):
     store_keepdays: float = Field(
         14.0, alias="store.keepdays", gt=0, description="days of decisions, events and finished pilots kept"
     )
+    web_address: str | None = Field(
+        DEFAULT_WEB_ADDRESS,
+        alias="web.address",
+        description="dashboard, JSON API and Prometheus /metrics (host:port; port 0 picks one); None disables",
+    )
     metrics_address: str | None = Field(
-        "127.0.0.1:9642", alias="metrics.address", description="Prometheus /metrics address; None disables"
+        None,
+        alias="metrics.address",
+        description="the former name of web.address (used when web.address is unset)",
+    )
+    web_tokenfile: str | None = Field(
+        None,
+        alias="web.tokenfile",
+        description="file holding the bearer token clients not on loopback must send",
+    )
+    web_tls_certfile: str | None = Field(
+        None, alias="web.tls.certfile", description="serve HTTPS with this certificate"
+    )
+    web_tls_keyfile: str | None = Field(
+        None, alias="web.tls.keyfile", description="the certificate's private key"
+    )
+    web_tls_cafile: str | None = Field(
+        None,
+        alias="web.tls.cafile",
+        description="CA bundle: every client must present a certificate it signed",
+    )
+    web_allow_anonymous: bool = Field(
+        False,
+        alias="web.allow_anonymous",
+        description="serve a non-loopback address without any authentication",
+    )
+    web_refresh: float = Field(
+        5.0, alias="web.refresh", gt=0, description="seconds between live page updates"
+    )
+    web_reportsdir: str | None = Field(
+        None,
+        alias="web.reportsdir",
+        description="directory of simulation reports (default <statedir>/reports)",
     )
     policyConf: str | None = None
+
+    @field_validator("web_address", "metrics_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+    @property
+    def web_listen(self) -> str | None:
+        """The dashboard's address: ``web.address``, else the older ``metrics.address``, else the default."""
+        if "web_address" in self.model_fields_set:
+            return self.web_address
+        if "metrics_address" in self.model_fields_set:
+            return self.metrics_address
+        return DEFAULT_WEB_ADDRESS
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.web_reportsdir).expanduser() if self.web_reportsdir else self.state_path / "reports"
 
     @property
     def state_path(self) -> Path:
