@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from autopyfactory.cli._common import add_conf, load_or_report
 from autopyfactory.plugins.base import did_you_mean
 from autopyfactory.store.api import Store
+from autopyfactory.web.models import Explanation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     events = store.events(config.factory_id, args.queue, limit=args.last)
     store.close()
     if args.json:
-        print(json.dumps({"queue": args.queue, "decisions": rows, "events": events}, indent=2))
+        # the model GET /api/v1/decisions/<queue> serves
+        doc = Explanation(queue=args.queue, decisions=rows, events=events)  # type: ignore[arg-type]
+        print(json.dumps(doc.model_dump(mode="json", by_alias=True), indent=2))
         return 0
     if not rows:
         print(f"{args.queue}: no decisions recorded yet")
