@@ -37,10 +37,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         # two Local pilots running, the cascade allocated, the escaping queue decided
         wait_for(
-            lambda: (s := get_json(f"{d.url}/api/v1/status"))["queues"]["LOCALQ"]["running"] == 2
-            and s["queues"]["LOCALQ"]["pilots_by_state"] == {"running": 2}
-            and s["queues"]["TB"]["last_n"] is not None
-            and s["queues"][EVIL]["decided_at"] is not None,
+            lambda: (
+                (s := get_json(f"{d.url}/api/v1/status"))["queues"]["LOCALQ"]["running"] == 2
+                and s["queues"]["LOCALQ"]["pilots_by_state"] == {"running": 2}
+                and s["queues"]["TB"]["last_n"] is not None
+                and s["queues"][EVIL]["decided_at"] is not None
+            ),
             60,
             "LOCALQ running 2 and the cascade decided",
         )
@@ -94,7 +96,10 @@ def test_apf_status_url_errors_are_one_clear_line(daemon: Daemon) -> None:
     assert dead.returncode == 1 and "cannot reach http://127.0.0.1:1/api/v1/status" in dead.stderr
     assert "Traceback" not in dead.stderr
     wrong = subprocess.run(
-        [APF, "status", "--url", f"http://127.0.0.1:{port}/nothing"], capture_output=True, text=True, timeout=60
+        [APF, "status", "--url", f"http://127.0.0.1:{port}/nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert wrong.returncode == 1 and "HTTP 404" in wrong.stderr
 
@@ -162,7 +167,7 @@ def test_cascade_tiers_quota_burn_down_and_costs(daemon: Daemon) -> None:
     assert [t["queue"] for t in c["tiers"]] == ["TA", "TB", "TC"]
     ta, tb, tc = c["tiers"]
     assert ta["cap"] == 3 and tb["quotas"] == ["40 pilots per month"]
-    assert tb["cost_per_hour"] == 0.1
+    assert tb["cost_per_hour"] == 0.1 and tc["cost_per_hour"] == 0.5
     quota = c["quotas"][0]
     assert quota["tier"] == "TB" and quota["limit_pilots"] == 40 and quota["unit"] == "pilots"
     assert quota["remaining"][0] == 40 and quota["remaining"][-1] == 40 - quota["used_pilots"]
@@ -182,7 +187,15 @@ def test_health_and_no_secret_anywhere(daemon: Daemon) -> None:
         ("mytoken", "Token", "no expiry known")
     ]
     assert health["loop"]["queues"] == 6 and health["loop"]["cascades"] == 1
-    for path in ("/", "/health", "/cascades", "/api/v1/health", "/api/v1/status", "/openapi.json", "/metrics"):
+    for path in (
+        "/",
+        "/health",
+        "/cascades",
+        "/api/v1/health",
+        "/api/v1/status",
+        "/openapi.json",
+        "/metrics",
+    ):
         status, _, body = get(daemon.url + path)
         assert status == 200 and SECRET not in body, path
 
@@ -234,7 +247,7 @@ def test_log_server_serves_pilot_logs_and_refuses_traversal(daemon: Daemon) -> N
     assert len(logs) == 2, detail["pilots"]
 
     def written() -> bytes | None:
-        status, headers, body = get(f"{daemon.logserver}/{logs[0]}")
+        status, _, body = get(f"{daemon.logserver}/{logs[0]}")
         return body if status == 200 and b"hello from pilot" in body else None
 
     body = wait_for(written, 30, "the pilot's output in the log server")

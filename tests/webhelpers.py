@@ -124,7 +124,9 @@ class Daemon:
         self.proc.send_signal(signal.SIGHUP)
 
 
-def write_config(tmp: Path, queues: str, factory_extra: str = "", *, logserver_port: int | None = None) -> Path:
+def write_config(
+    tmp: Path, queues: str, factory_extra: str = "", *, logserver_port: int | None = None
+) -> Path:
     write(tmp / "queues.conf", queues)
     write(tmp / "policy.yaml", POLICY)
     write(
@@ -185,7 +187,9 @@ def start_daemon(conf: Path, *, timeout: float = 60, logserver: bool = True) -> 
     raise AssertionError(f"the daemon's web server did not come up:\n{out}\n--- log ---\n{text[-4000:]}")
 
 
-def get(url: str, *, headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+def get(
+    url: str, *, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
