@@ -296,16 +296,22 @@ def create_app(
         return list_reports(settings.reports_dir)
 
     if registry is not None:
-
-        @app.get("/metrics", include_in_schema=False)
-        def metrics() -> Response:
-            # a plain route: mounting prometheus_client's ASGI app answers /metrics with a 307
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        app.router.routes.append(metrics_route(registry))
 
     if settings.logs.serving:
         app.router.routes.extend(r for r in log_routes(settings.logs, "/logs") if r.path != "/robots.txt")
 
     return app
+
+
+def metrics_route(registry: CollectorRegistry) -> Route:
+    """``GET /metrics`` in Prometheus text format. A plain route: mounting prometheus_client's
+    ASGI app would answer ``/metrics`` with a 307 to ``/metrics/``."""
+
+    def metrics(_request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Route("/metrics", metrics, methods=["GET"])
 
 
 # -- helpers for templates ----------------------------------------------------------------------------
