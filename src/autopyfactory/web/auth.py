@@ -8,9 +8,10 @@ The token is never logged or rendered; the cookie holds an HMAC of it, not the t
 from __future__ import annotations
 
 import hashlib
+import html
 import hmac
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -54,7 +55,7 @@ class Access:
         if request.url.path in ("/login", "/static/style.css") or self.allowed(request):
             return await call_next(request)
         if "text/html" in request.headers.get("accept", "") and self._token is not None:
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
         return PlainTextResponse(
             "401 unauthorized: send Authorization: Bearer <token>\n",
             status_code=401,
@@ -77,13 +78,20 @@ class Access:
                     COOKIE, self._session or "", httponly=True, samesite="strict", secure=self._secure
                 )
                 return response
-            return HTMLResponse(_LOGIN.replace("{msg}", "Wrong token."), status_code=401)
-        return HTMLResponse(_LOGIN.replace("{msg}", ""))
+            return HTMLResponse(_login_page("Wrong token.", target), status_code=401)
+        return HTMLResponse(_login_page("", request.query_params.get("next", "/")))
 
 
 _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>autopyfactory: log in</title>
 <link rel="icon" href="data:,"><link rel="stylesheet" href="/static/style.css"></head><body><main>
 <h1>autopyfactory</h1><p>This dashboard needs the bearer token (web.tokenfile) from clients not on
 loopback.</p><p class="error">{msg}</p><form method="post" action="/login">
+<input type="hidden" name="next" value="{next}">
 <label>Token <input type="password" name="token" autocomplete="current-password"></label>
 <button type="submit">Log in</button></form></main></body></html>"""
+
+
+def _login_page(message: str, target: str) -> str:
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/"
+    return _LOGIN.replace("{msg}", html.escape(message)).replace("{next}", html.escape(target, quote=True))
