@@ -8,8 +8,8 @@ The token is never logged or rendered; the cookie holds an HMAC of it, not the t
 from __future__ import annotations
 
 import hashlib
-import html
 import hmac
+import html
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlencode
 
