@@ -48,7 +48,7 @@ CSP = (
 )
 # a stored simulation report is self-contained: inline script and style, no request at all
 REPORT_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
-CHART_HOURS = (1, 6, 24, 72, 168)
+CHART_HOURS = (0.25, 1, 6, 24, 72, 168)
 
 
 def create_app(
@@ -356,13 +356,14 @@ def format_num(value: Any) -> str:
 
 
 def sparkline_svg(series: Series | None, width: int = 120, height: int = 24) -> Markup:
-    """Demand (blue) and running (green) as an inline SVG: no JavaScript needed. Only numbers we
-    computed go into the markup."""
-    if series is None or len(series.t) < 1:
+    """Demand (blue) and running (green) over the asked window as an inline SVG: no JavaScript
+    needed. Only numbers computed here go into the markup."""
+    if series is None or not series.t:
         return Markup(
             f'<svg class="spark" width="{width}" height="{height}" role="img" aria-label="no history"></svg>'
         )
-    t0, t1 = series.t[0], series.t[-1]
+    t0 = series.start if series.start is not None else series.t[0]
+    t1 = series.end if series.end is not None else series.t[-1]
     span_t = (t1 - t0) or 1.0
     values = [v for v in (*series.demand, *series.running) if v is not None]
     hi = max(values, default=0) or 1
@@ -372,16 +373,20 @@ def sparkline_svg(series: Series | None, width: int = 120, height: int = 24) -> 
         for t, v in zip(series.t, values, strict=False):
             if v is None:
                 continue
-            x = (t - t0) / span_t * (width - 2) + 1 if len(series.t) > 1 else width / 2
+            x = min(max((t - t0) / span_t, 0.0), 1.0) * (width - 4) + 3
             y = height - 2 - (v / hi) * (height - 4)
-            out.append(f"{x:.1f},{y:.1f}")
-        return " ".join(out)
+            out.append((x, y))
+        if len(out) == 1:  # one point: a short tick, so it shows
+            out.insert(0, (out[0][0] - 3, out[0][1]))
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in out)
 
     return Markup(
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="demand and running, last hours">'
-        f'<polyline class="spark-demand" fill="none" stroke="#1f77b4" stroke-width="1.5" points="{points(series.demand)}"/>'
-        f'<polyline class="spark-running" fill="none" stroke="#2ca02c" stroke-width="1.5" points="{points(series.running)}"/>'
+        f'<polyline class="spark-demand" fill="none" stroke="#1f77b4" stroke-width="1.5" '
+        f'points="{points(series.demand)}"/>'
+        f'<polyline class="spark-running" fill="none" stroke="#2ca02c" stroke-width="1.5" '
+        f'points="{points(series.running)}"/>'
         "</svg>"
     )
 

@@ -36,9 +36,8 @@
   }
 
   function drawBurn(el) {
-    const source = document.getElementById(el.dataset.json);
-    if (!source) return;
-    const q = JSON.parse(source.textContent);
+    // the data travels in the element itself (htmx does not insert <script> elements it swaps in)
+    const q = JSON.parse(el.dataset.burn);
     const x = q.t.slice();
     const actual = q.remaining.slice();
     const forecast = actual.map(() => null);
