@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 CREDENTIAL_CHECK_INTERVAL = 60.0
 BAD_CREDENTIAL = ("expiring", "expired", "unreadable")
 BURN_POINTS = 60
+_NONE: dict[str, int] = {}
 
 
 @runtime_checkable
@@ -76,6 +77,7 @@ class EngineView:
         self._summaries: tuple[float, list[QueueSummary]] | None = None
         self._cascades: tuple[float, list[CascadeView]] | None = None
         self._counts: dict[int, tuple[float, dict[str, dict[str, int]]]] = {}
+        self._rows: dict[str, tuple[Any, ...]] = {}  # name -> (inputs..., QueueSummary)
         self._creds: tuple[float, int, list[CredentialHealth], dict[str, list[str]]] | None = None
 
     def close(self) -> None:
@@ -266,12 +268,27 @@ class EngineView:
                 if until > now:
                     tier_backoff[tier] = until
         rows = []
-        for rt in list(f.queues.values()):
-            state, detail = self._state(rt, now, tier_backoff, bad, users.get(rt.name, ()))
+        previous = self._rows
+        current: dict[str, tuple[Any, ...]] = {}
+        for name, rt in list(f.queues.items()):
+            state, detail = self._state(rt, now, tier_backoff, bad, users.get(name, ()))
             d = rt.last
-            rows.append(
-                QueueSummary(
-                    name=rt.name,
+            by_state = counts.get(name, _NONE)
+            # a queue's row is rebuilt only when its decision, state or pilot counts changed (a
+            # queue decides every apfqueue.sleep seconds; pages refresh far more often)
+            cached = previous.get(name)
+            if (
+                cached is not None
+                and cached[0] is d
+                and cached[1] == state
+                and cached[2] == detail
+                and cached[3] == by_state
+                and cached[4] == rt.cascade
+            ):
+                row = cached[5]
+            else:
+                row = QueueSummary(
+                    name=name,
                     cascade=rt.cascade,
                     demand=d.ready if d else None,
                     pending=d.pending if d else None,
@@ -281,9 +298,11 @@ class EngineView:
                     decided_at=d.time if d else None,
                     state=state,
                     state_detail=detail,
-                    pilots_by_state=counts.get(rt.name, {}),
+                    pilots_by_state=by_state,
                 )
-            )
+            current[name] = (d, state, detail, by_state, rt.cascade, row)
+            rows.append(row)
+        self._rows = current
         return rows
 
     def _state(

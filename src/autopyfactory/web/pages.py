@@ -51,7 +51,7 @@ def overview(
 ) -> QueuePage:
     """One page of queues. ``text`` matches a part of the name (case-insensitive), ``state`` one
     ``QueueState`` value; unknown sort keys fall back to the name."""
-    rows = view.summaries()
+    rows = everything = view.summaries()
     counts = Counter(str(q.state) for q in rows)
     needle = text.strip().lower()
     if needle:
@@ -82,7 +82,7 @@ def overview(
     return QueuePage(
         factory=view.factory_id,
         time=view.now(),
-        total=len(view.summaries()),
+        total=len(everything),
         matched=len(ordered),
         page=page,
         per_page=per_page,

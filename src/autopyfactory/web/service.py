@@ -70,7 +70,7 @@ class WebService:
         self.view = EngineView(
             self.factory,
             log_root=settings.logs.root if settings.logs.serving else None,
-            cache_s=min(1.0, settings.refresh / 2),
+            cache_s=settings.refresh,  # pages refresh that often: summaries are rebuilt at most as often
         )
         app = create_app(
             self.view,

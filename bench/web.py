@@ -1,0 +1,243 @@
+"""Web dashboard benchmark: a real ``apf run`` daemon with 10,000 queues (Sim backends).
+
+1. Page times: each page and API call requested repeatedly over HTTP (server + transfer), and
+   the overview loaded in Chromium (navigation to the load event). Goal: the overview's first
+   page in under 1 s.
+2. Decision loop cadence while a browser polls: the interval between consecutive decisions of
+   the same queues (every queue is due every ``--interval`` s), and the mean decision-pass
+   duration (``apf_cycle_duration_seconds`` from /metrics), measured in three phases side by
+   side: no browser, Chromium with the overview + a queue page + health open (live refresh every
+   2 s), no browser again. Goal: the cadence with a browser within 5 % of without.
+
+Prints as its last line: overview_ms=<median> cadence_ratio=<with/without> pass_ratio=<...>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from textwrap import dedent
+
+APF = str(Path(sys.executable).parent / "apf")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+]  # fmt: skip
+SAMPLE_QUEUES = [f"Q{i:05d}" for i in range(0, 10_000, 97)]
+
+
+def write_config(base: Path, queues: int, interval: float) -> Path:
+    sections = "".join(
+        f"[Q{i:05d}]\nwmsqueue = W{i % 500:03d}\nwmsstatus.sim.activated = {i % 7}\n"
+        f"batchsubmit.sim.site = S{i % 20:02d}\n"
+        for i in range(queues)
+    )
+    (base / "queues.conf").write_text(
+        dedent(
+            f"""
+            [DEFAULT]
+            enabled = True
+            apfqueue.sleep = {interval}
+            wmsstatusplugin = Sim
+            batchstatusplugin = Sim
+            batchsubmitplugin = Sim
+            batchsubmit.sim.capacity = 100000
+            batchsubmit.sim.runtime = 2h
+            schedplugin = Ready, MaxPerCycle
+            sched.maxpercycle.maximum = 3
+            """
+        )
+        + sections
+    )
+    conf = base / "autopyfactory.conf"
+    conf.write_text(
+        dedent(
+            f"""
+            [Factory]
+            factoryId = bench-web
+            queueConf = queues.conf
+            factory.statedir = {base / "state"}
+            wmsstatus.sim.sleep = {interval / 2}
+            batchstatus.sim.sleep = {interval / 2}
+            web.address = 127.0.0.1:0
+            web.refresh = 2
+            """
+        )
+    )
+    return conf
+
+
+def fetch(url: str, timeout: float = 60) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def timed(url: str, n: int) -> tuple[float, float]:
+    times = []
+    for _ in range(n):
+        began = time.perf_counter()
+        fetch(url)
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times), max(times)
+
+
+def cycle_totals(url: str) -> tuple[float, float]:
+    text = fetch(f"{url}/metrics").decode()
+    count = float(re.search(r"^apf_cycle_duration_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"^apf_cycle_duration_seconds_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return count, total
+
+
+def intervals(db: Path, since: float, until: float) -> list[float]:
+    """Seconds between consecutive decisions of the sample queues in [since, until]."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        out: list[float] = []
+        for queue in SAMPLE_QUEUES:
+            rows = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT time FROM decisions WHERE queue = ? AND time >= ? AND time <= ? ORDER BY time",
+                    (queue, since, until),
+                )
+            ]
+            out += [b - a for a, b in zip(rows, rows[1:], strict=False)]
+        return out
+    finally:
+        conn.close()
+
+
+def phase(url: str, db: Path, seconds: float, browse: bool) -> dict[str, float]:
+    count0, sum0 = cycle_totals(url)
+    began = time.time()
+    if browse:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            pages = []
+            for path in ("/", "/queues/Q00000", "/health"):
+                page = browser.new_page()
+                page.goto(url + path)
+                pages.append(page)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                pages[0].wait_for_timeout(500)  # htmx keeps polling in all three pages
+            browser.close()
+    else:
+        time.sleep(seconds)
+    ended = time.time()
+    count1, sum1 = cycle_totals(url)
+    gaps = intervals(db, began, ended)
+    passes = count1 - count0
+    return {
+        "cadence_s": statistics.median(gaps) if gaps else float("nan"),
+        "cadence_p95_s": sorted(gaps)[int(0.95 * (len(gaps) - 1))] if gaps else float("nan"),
+        "pass_s": (sum1 - sum0) / passes if passes else float("nan"),
+        "passes": passes,
+    }
+
+
+def browser_overview(url: str, n: int) -> float:
+    from playwright.sync_api import sync_playwright
+
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        for _ in range(n):
+            began = time.perf_counter()
+            page.goto(url + "/", wait_until="load")
+            times.append((time.perf_counter() - began) * 1000)
+        browser.close()
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queues", type=int, default=10_000)
+    parser.add_argument("--interval", type=float, default=10.0, help="apfqueue.sleep of every queue")
+    parser.add_argument("--phase", type=float, default=60.0, help="seconds per cadence phase")
+    parser.add_argument("--requests", type=int, default=20, help="requests per page timing")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="apf-bench-web-") as tmp:
+        base = Path(tmp)
+        conf = write_config(base, args.queues, args.interval)
+        log = base / "apf.log"
+        began = time.perf_counter()
+        proc = subprocess.Popen(
+            [APF, "run", "--conf", str(conf), "--no-table", "--log", str(log), "-v"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = None
+            while url is None:
+                if proc.poll() is not None:
+                    raise SystemExit(f"apf run exited: {log.read_text()[-2000:]}")
+                found = re.search(r"web dashboard at (\S+)", log.read_text() if log.exists() else "")
+                url = found.group(1) if found else None
+                time.sleep(0.2)
+            while json.loads(fetch(f"{url}/api/v1/queues?state=waiting&per_page=1"))["matched"]:
+                time.sleep(1)
+            print(f"daemon with {args.queues} queues up and decided in {time.perf_counter() - began:.1f}s")
+            print(f"page and API times over HTTP ({args.requests} requests each, median / max):")
+            pages = {
+                "overview first page (HTML, 50 rows + sparklines)": "/",
+                "overview live refresh (partial)": "/partials/queues?page=1",
+                "overview sorted by demand, page 100": "/?sort=demand&order=desc&page=100",
+                "overview filtered (name contains Q0999)": "/?q=Q0999",
+                "queue page": "/queues/Q04242",
+                "health page": "/health",
+                "cascades page": "/cascades",
+                "API /api/v1/queues (JSON page)": "/api/v1/queues",
+                "API /api/v1/status (all 10,000 queues)": "/api/v1/status",
+                "API /api/v1/series/Q04242": "/api/v1/series/Q04242",
+            }
+            overview_ms = 0.0
+            for label, path in pages.items():
+                median, worst = timed(url + path, args.requests)
+                if path == "/":
+                    overview_ms = median
+                print(f"  {label:<52} {median:8.1f} ms  {worst:8.1f} ms")
+            chromium_ms = browser_overview(url, 5)
+            print(f"  {'overview in Chromium (navigation to load event)':<52} {chromium_ms:8.1f} ms")
+            db = base / "state" / "apf.db"
+            print(f"decision loop cadence, {args.phase:.0f}s per phase (interval {args.interval:g}s):")
+            results = []
+            for name, browse in (("no browser", False), ("browser polling", True), ("no browser", False)):
+                r = phase(url, db, args.phase, browse)
+                results.append(r)
+                print(
+                    f"  {name:<16} cadence median {r['cadence_s']:.3f}s p95 {r['cadence_p95_s']:.3f}s, "
+                    f"decision pass {r['pass_s'] * 1000:.0f} ms mean over {r['passes']:.0f} passes"
+                )
+            base_cadence = (results[0]["cadence_s"] + results[2]["cadence_s"]) / 2
+            base_pass = (results[0]["pass_s"] + results[2]["pass_s"]) / 2
+            cadence_ratio = results[1]["cadence_s"] / base_cadence
+            pass_ratio = results[1]["pass_s"] / base_pass
+            print("goals: overview < 1000 ms; cadence ratio <= 1.05 (pass duration may grow: 2 cores shared)")
+            print(
+                f"overview_ms={overview_ms:.1f} chromium_ms={chromium_ms:.1f} "
+                f"cadence_ratio={cadence_ratio:.3f} pass_ratio={pass_ratio:.2f}"
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
