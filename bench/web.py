@@ -92,7 +92,7 @@ def timed(url: str, n: int) -> tuple[float, float]:
 
 
 def cycle_totals(url: str) -> tuple[float, float]:
-    text = fetch(f"{url}/metrics").decode()
+    text = fetch(f"{url}/metrics", timeout=120).decode()
     count = float(re.search(r"^apf_cycle_duration_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     total = float(re.search(r"^apf_cycle_duration_seconds_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     return count, total
@@ -169,9 +169,12 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0, help="apfqueue.sleep of every queue")
     parser.add_argument("--phase", type=float, default=60.0, help="seconds per cadence phase")
     parser.add_argument("--requests", type=int, default=20, help="requests per page timing")
+    parser.add_argument("--dir", help="keep the daemon's files (config, log, store) here")
     args = parser.parse_args()
+    parser_dir = args.dir
     with tempfile.TemporaryDirectory(prefix="apf-bench-web-") as tmp:
-        base = Path(tmp)
+        base = Path(parser_dir or tmp)
+        base.mkdir(parents=True, exist_ok=True)
         conf = write_config(base, args.queues, args.interval)
         log = base / "apf.log"
         began = time.perf_counter()
@@ -217,6 +220,8 @@ def main() -> None:
             results = []
             for name, browse in (("no browser", False), ("browser polling", True), ("no browser", False)):
                 r = phase(url, db, args.phase, browse)
+                if proc.poll() is not None:
+                    raise SystemExit(f"apf run exited ({proc.returncode}): {log.read_text()[-3000:]}")
                 results.append(r)
                 print(
                     f"  {name:<16} cadence median {r['cadence_s']:.3f}s p95 {r['cadence_p95_s']:.3f}s, "
