@@ -15,6 +15,7 @@ Prints as its last line: overview_ms=<median> cadence_ratio=<with/without> pass_
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import signal
@@ -111,7 +112,7 @@ def intervals(db: Path, since: float, until: float) -> list[float]:
                     (queue, since, until),
                 )
             ]
-            out += [b - a for a, b in zip(rows, rows[1:], strict=False)]
+            out += [b - a for a, b in itertools.pairwise(rows)]
         return out
     finally:
         conn.close()
@@ -124,7 +125,9 @@ def phase(url: str, db: Path, seconds: float, browse: bool) -> dict[str, float]:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+            )
             pages = []
             for path in ("/", "/queues/Q00000", "/health"):
                 page = browser.new_page()
@@ -164,7 +167,9 @@ def browser_overview(url: str, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--queues", type=int, default=10_000)
     parser.add_argument("--interval", type=float, default=10.0, help="apfqueue.sleep of every queue")
     parser.add_argument("--phase", type=float, default=60.0, help="seconds per cadence phase")

@@ -42,7 +42,7 @@ sched.maxpercycle.maximum = 3
     )
     return write(
         base / "autopyfactory.conf",
-        f"""
+        """
         [Factory]
         factoryId = scale-test
         queueConf = queues.conf
