@@ -5,11 +5,13 @@
    page in under 1 s.
 2. Decision loop cadence while a browser polls: the interval between consecutive decisions of
    the same queues (every queue is due every ``--interval`` s), and the mean decision-pass
-   duration (``apf_cycle_duration_seconds`` from /metrics), measured in three phases side by
-   side: no browser, Chromium with the overview + a queue page + health open (live refresh every
-   2 s), no browser again. Goal: the cadence with a browser within 5 % of without.
+   duration (``apf_cycle_duration_seconds`` from /metrics), measured in phases side by side:
+   nothing polling; Chromium with the overview, a queue page and health open (live refresh every
+   2 s); the same requests from a plain HTTP client (the server's share without the browser's own
+   CPU); nothing polling again. Goal: the cadence with a browser within 5 % of without.
 
-Prints as its last line: overview_ms=<median> cadence_ratio=<with/without> pass_ratio=<...>
+Prints as its last line: overview_ms=<median> chromium_ms=<median> cadence_ratio=<with/without>
+pass_ratio=<Chromium polling/none> http_pass_ratio=<the same requests without a browser/none>
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def write_config(base: Path, queues: int, interval: float) -> Path:
             enabled = True
             apfqueue.sleep = {interval}
             wmsstatusplugin = Sim
+            # pilots take jobs: a steady state (no submissions once every queue runs its demand)
+            wmsstatus.sim.consume = True
             batchstatusplugin = Sim
             batchsubmitplugin = Sim
             batchsubmit.sim.capacity = 100000
@@ -118,10 +122,27 @@ def intervals(db: Path, since: float, until: float) -> list[float]:
         conn.close()
 
 
-def phase(url: str, db: Path, seconds: float, browse: bool) -> dict[str, float]:
+# what the three open pages fetch every refresh (2 s): their live parts and the queue chart's data
+POLLED = (
+    "/partials/queues?page=1",
+    "/partials/queue/Q00000",
+    "/partials/health",
+    "/api/v1/series/Q00000?hours=6",
+)
+
+
+def phase(url: str, db: Path, seconds: float, mode: str) -> dict[str, float]:
+    """``mode``: idle, browser (Chromium with three pages open) or http (their requests, no browser)."""
     count0, sum0 = cycle_totals(url)
     began = time.time()
-    if browse:
+    if mode == "http":
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            tick = time.monotonic()
+            for path in POLLED:
+                fetch(url + path)
+            time.sleep(max(0.0, 2.0 - (time.monotonic() - tick)))
+    elif mode == "browser":
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
@@ -140,7 +161,10 @@ def phase(url: str, db: Path, seconds: float, browse: bool) -> dict[str, float]:
     else:
         time.sleep(seconds)
     ended = time.time()
-    count1, sum1 = cycle_totals(url)
+    try:
+        count1, sum1 = cycle_totals(url)
+    except OSError as exc:
+        raise SystemExit(f"the daemon stopped answering: {exc}") from None
     gaps = intervals(db, began, ended)
     passes = count1 - count0
     return {
@@ -183,10 +207,11 @@ def main() -> None:
         conf = write_config(base, args.queues, args.interval)
         log = base / "apf.log"
         began = time.perf_counter()
+        output = (base / "apf.out").open("w")
         proc = subprocess.Popen(
             [APF, "run", "--conf", str(conf), "--no-table", "--log", str(log), "-v"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = None
@@ -223,23 +248,35 @@ def main() -> None:
             db = base / "state" / "apf.db"
             print(f"decision loop cadence, {args.phase:.0f}s per phase (interval {args.interval:g}s):")
             results = []
-            for name, browse in (("no browser", False), ("browser polling", True), ("no browser", False)):
-                r = phase(url, db, args.phase, browse)
+            phases = (
+                ("nothing polling", "idle"),
+                ("Chromium polling", "browser"),
+                ("HTTP polling", "http"),
+                ("nothing polling", "idle"),
+            )
+            for name, mode in phases:
+                r = phase(url, db, args.phase, mode)
                 if proc.poll() is not None:
-                    raise SystemExit(f"apf run exited ({proc.returncode}): {log.read_text()[-3000:]}")
+                    raise SystemExit(
+                        f"apf run exited ({proc.returncode}): {(base / 'apf.out').read_text()[-3000:]}"
+                    )
                 results.append(r)
                 print(
                     f"  {name:<16} cadence median {r['cadence_s']:.3f}s p95 {r['cadence_p95_s']:.3f}s, "
                     f"decision pass {r['pass_s'] * 1000:.0f} ms mean over {r['passes']:.0f} passes"
                 )
-            base_cadence = (results[0]["cadence_s"] + results[2]["cadence_s"]) / 2
-            base_pass = (results[0]["pass_s"] + results[2]["pass_s"]) / 2
+            base_cadence = (results[0]["cadence_s"] + results[3]["cadence_s"]) / 2
+            base_pass = (results[0]["pass_s"] + results[3]["pass_s"]) / 2
             cadence_ratio = results[1]["cadence_s"] / base_cadence
             pass_ratio = results[1]["pass_s"] / base_pass
-            print("goals: overview < 1000 ms; cadence ratio <= 1.05 (pass duration may grow: 2 cores shared)")
+            http_pass_ratio = results[2]["pass_s"] / base_pass
             print(
-                f"overview_ms={overview_ms:.1f} chromium_ms={chromium_ms:.1f} "
-                f"cadence_ratio={cadence_ratio:.3f} pass_ratio={pass_ratio:.2f}"
+                "goals: overview < 1000 ms; cadence with Chromium polling within 5 % of without "
+                "(Chromium itself runs on the same 2 cores)"
+            )
+            print(
+                f"overview_ms={overview_ms:.1f} chromium_ms={chromium_ms:.1f} cadence_ratio={cadence_ratio:.3f} "
+                f"pass_ratio={pass_ratio:.2f} http_pass_ratio={http_pass_ratio:.2f}"
             )
         finally:
             proc.send_signal(signal.SIGTERM)

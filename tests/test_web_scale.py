@@ -31,6 +31,7 @@ def scale_config(base: Path, queues: int = QUEUES, sleep: float = 30.0) -> Path:
 enabled = True
 apfqueue.sleep = {sleep}
 wmsstatusplugin = Sim
+wmsstatus.sim.consume = True
 batchstatusplugin = Sim
 batchsubmitplugin = Sim
 batchsubmit.sim.capacity = 100000

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from autopyfactory.decide.periods import Period, month_key
 from autopyfactory.model import BatchSnapshot
@@ -73,7 +73,9 @@ class EngineView:
         self._log_root = log_root.resolve() if log_root is not None else None
         self._cache_s = cache_s
         self._read = queries.read_engine(factory.store.url) or factory.store.engine
-        self._lock = threading.Lock()  # this view's caches only, never the factory's
+        # this view's own caches (never the factory's lock)
+        self._build_lock = threading.Lock()
+        self._cascade_lock = threading.Lock()
         self._summaries: tuple[float, list[QueueSummary]] | None = None
         self._cascades: tuple[float, list[CascadeView]] | None = None
         self._counts: dict[int, tuple[float, dict[str, dict[str, int]]]] = {}
@@ -93,14 +95,13 @@ class EngineView:
         return self._factory.clock()
 
     def summaries(self) -> list[QueueSummary]:
-        mono = time.monotonic()
-        with self._lock:
+        with self._build_lock:  # one builder; concurrent requests take its result
+            mono = time.monotonic()
             if self._summaries is not None and mono - self._summaries[0] < self._cache_s:
                 return self._summaries[1]
-        rows = self._build_summaries(self.now())
-        with self._lock:
+            rows = self._build_summaries(self.now())
             self._summaries = (mono, rows)
-        return rows
+            return rows
 
     def queue_info(self, name: str) -> QueueInfo | None:
         rt = self._factory.queues.get(name)
@@ -177,18 +178,15 @@ class EngineView:
         return {q: Series(**s, bucket_s=width, start=since, end=now) for q, s in raw.items()}
 
     def cascades(self) -> list[CascadeView]:
-        mono = time.monotonic()
-        with self._lock:
+        with self._cascade_lock:
+            mono = time.monotonic()
             if self._cascades is not None and mono - self._cascades[0] < self._cache_s:
                 return self._cascades[1]
-        now = self.now()
-        views = []
-        with self._connect() as conn:
-            for cr in list(self._factory.cascades.values()):
-                views.append(self._cascade(conn, cr, now))
-        with self._lock:
+            now = self.now()
+            with self._connect() as conn:
+                views = [self._cascade(conn, cr, now) for cr in list(self._factory.cascades.values())]
             self._cascades = (mono, views)
-        return views
+            return views
 
     def health(self) -> Health:
         f = self._factory
@@ -568,7 +566,7 @@ def _hide_userinfo(url: str) -> str:
 
 
 def _brief(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
+    text = str(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
