@@ -205,3 +205,17 @@ def test_report_page_escapes_what_it_embeds() -> None:
     assert "A&lt;b&gt;" in page and "<td>A<b>" not in page
     data = re.search(r'id="report-data">(.*?)</script>', page, re.S)
     assert data is not None and json.loads(data.group(1))["series"]["submitted"]["A<b>"] == [1, 1]
+
+
+def test_vendored_front_end_files_match_their_checksums() -> None:
+    import hashlib
+
+    import autopyfactory.web
+
+    vendor = Path(autopyfactory.web.__file__).parent / "static" / "vendor"
+    sums = (vendor / "SHA256SUMS").read_text().splitlines()
+    assert {line.split()[1] for line in sums} == {"uPlot.iife.min.js", "uPlot.min.css", "htmx.min.js"}
+    for line in sums:
+        digest, name = line.split()
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert (vendor / "VERSIONS").read_text().split() == ["uplot", "1.6.32", "htmx.org", "2.0.11"]
