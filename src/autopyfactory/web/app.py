@@ -78,7 +78,6 @@ def create_app(
         version=__version__,
         factory_id=view.factory_id,
         chart_hours=CHART_HOURS,
-        uses_login=access.uses_token,
     )
     env.filters.update(ts=format_ts, ago=format_ago, num=format_num, dur=format_duration)
 
