@@ -54,8 +54,10 @@ def local(url: str) -> bool:
     return parts.hostname == "127.0.0.1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module (a module imports this fixture; one sync Playwright may run
+    at a time in a thread, so each module's ends before the next one's starts)."""
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: the test command installs it (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

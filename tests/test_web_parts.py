@@ -20,7 +20,7 @@ from autopyfactory.model import Decision, Step
 from autopyfactory.store.api import Store
 from autopyfactory.web import queries
 from autopyfactory.web.app import sparkline_svg
-from autopyfactory.web.credentials import check_profile, jwt_expiry, queue_profiles
+from autopyfactory.web.credentials import check_profile, jwt_expiry
 from autopyfactory.web.logserver import Forbidden, media_type, safe_path
 from autopyfactory.web.models import Series
 from autopyfactory.web.report import render_report
@@ -166,12 +166,6 @@ def test_credentials_time_left(tmp_path: Path) -> None:
     token = AuthProfile(name="tok", plugin="Token", options=TokenOptions(tokenfile=str(token_file)))
     assert check_profile("tok", token, t).status == "ok"
     assert jwt_expiry("not-a-jwt") is None
-    raw = {
-        "batchsubmit.slurm.authprofile": "hpc",
-        "batchsubmit.condorosgce.proxy": "atlas, missing",
-        "x": "atlas",
-    }
-    assert queue_profiles(raw, ["hpc", "atlas"]) == ["hpc", "atlas"]
 
 
 def test_sparkline_shows_a_single_point_and_stays_numbers_only() -> None:

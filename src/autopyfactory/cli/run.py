@@ -14,7 +14,8 @@ from autopyfactory.config.errors import ConfigError
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.engine.console import ConsoleTable
-from autopyfactory.engine.factory import Factory
+from autopyfactory.engine.factory import Factory, tune_gc
+from autopyfactory.store.api import StoreError
 from autopyfactory.web.service import WebService
 
 log = logging.getLogger("autopyfactory.run")
@@ -51,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
-    factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    try:
+        factory = Factory(config, dry_run=args.dry_run, observers=observers)
+    except StoreError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"apf run: cannot start: {exc}", file=sys.stderr)
+        return 1
+    tune_gc()
     web = None if args.once else attach_reporters(factory)
     if args.once:
         plans = factory.step(time.time(), poll_all=True)

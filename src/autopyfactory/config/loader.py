@@ -310,7 +310,11 @@ def _check_factory_keys(values: Mapping[str, str], file_of) -> list[ConfigProble
         if key in FACTORY_KEYS or key.startswith("config.queues.agis."):
             continue
         parts = key.split(".")
-        if len(parts) == 3 and parts[0] in ("wmsstatus", "batchstatus") and parts[2] in ("sleep", "maxage"):
+        if (
+            len(parts) == 3
+            and parts[0] in ("wmsstatus", "batchstatus")
+            and parts[2] in ("sleep", "maxage", "maxbackoff")
+        ):
             value = literal(values[key])
             try:
                 if value is not None and float(value) <= 0:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
-    from autopyfactory.plugins.base import Plugin, PluginOptions
+    from autopyfactory.plugins.options import Plugin, PluginOptions
 
 
 DEFAULT_WEB_ADDRESS = "127.0.0.1:9642"

@@ -90,6 +90,7 @@ class SimWmsStatus(WmsStatusPlugin):
     Options = SimWmsOptions
     default_interval = 10.0
     default_maxage = 120.0
+    adjusts_demand = True  # running pilots take jobs (``consume``)
 
     @classmethod
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:

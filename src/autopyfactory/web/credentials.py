@@ -10,28 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from autopyfactory.web.models import CredentialHealth
 
 TOKEN_WARN = 86400.0
-# queue keys whose value names auth profiles (``batchsubmit.slurm.authprofile``, Condor's
-# ``batchsubmit.condorosgce.proxy = a, b``, PanDA's ``wmsstatus.panda.auth``)
-_PROFILE_KEY_SUFFIXES = (".authprofile", ".proxy", ".auth")
-
-
-def queue_profiles(raw: Mapping[str, str], profiles: Iterable[str]) -> list[str]:
-    """The auth profiles a queue section names (in its effective keys)."""
-    known = set(profiles)
-    used: list[str] = []
-    for key, value in raw.items():
-        if key.endswith(_PROFILE_KEY_SUFFIXES) and value:
-            for name in (v.strip() for v in value.split(",")):
-                if name in known and name not in used:
-                    used.append(name)
-    return used
 
 
 def check_profile(name: str, profile: Any, now: float, users: int = 0) -> CredentialHealth:

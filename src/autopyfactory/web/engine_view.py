@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from autopyfactory.decide.periods import Period, month_key
-from autopyfactory.model import BatchSnapshot
 from autopyfactory.plugins.batch.condor.logs import day, queue_dir_name
 from autopyfactory.plugins.monitor.apf import MonitorStats
 from autopyfactory.store import ledger
 from autopyfactory.web import queries
-from autopyfactory.web.credentials import check_profile, queue_profiles
+from autopyfactory.web.credentials import check_profile
 from autopyfactory.web.models import (
     CascadeView,
     CredentialHealth,
@@ -78,9 +77,9 @@ class EngineView:
         self._cascade_lock = threading.Lock()
         self._summaries: tuple[float, list[QueueSummary]] | None = None
         self._cascades: tuple[float, list[CascadeView]] | None = None
-        self._counts: dict[int, tuple[float, dict[str, dict[str, int]]]] = {}
+        self._counts: dict[str, tuple[tuple[Any, ...], dict[str, int]]] = {}
         self._rows: dict[str, tuple[Any, ...]] = {}  # name -> (inputs..., QueueSummary)
-        self._creds: tuple[float, int, list[CredentialHealth], dict[str, list[str]]] | None = None
+        self._creds: tuple[float, int, list[CredentialHealth]] | None = None
 
     def close(self) -> None:
         if self._read is not self._factory.store.engine:
@@ -108,7 +107,6 @@ class EngineView:
         if rt is None:
             return None
         qc = rt.config
-        _, _, _, users = self._credentials(self.now())
         return QueueInfo(
             name=name,
             wmsqueue=qc.wmsqueue,
@@ -123,7 +121,7 @@ class EngineView:
             inflight=rt.inflight,
             decisions=rt.decisions,
             error=rt.error,
-            credentials=users.get(name, []),
+            credentials=list(rt.credentials),
         )
 
     def decisions(self, queue: str, limit: int) -> list[DecisionRecord]:
@@ -221,9 +219,9 @@ class EngineView:
             for t, s in list(f.targets.items())
             if s.failures
         ]
-        creds = self._credentials(now)[2]
+        creds = self._credentials(now)
         monitors = []
-        for section, monitor in list(f.monitors.items()):
+        for section, monitor in list(f.state.monitors.items()):
             conf = f.config.monitors.get(section)
             stats = monitor.stats if isinstance(monitor, MonitorWithStats) else None
             monitors.append(
@@ -257,8 +255,7 @@ class EngineView:
     # -- summaries ---------------------------------------------------------------------------------
     def _build_summaries(self, now: float) -> list[QueueSummary]:
         f = self._factory
-        _, _, creds, users = self._credentials(now)
-        bad = {c.name: c for c in creds if c.status in BAD_CREDENTIAL}
+        bad = {c.name: c for c in self._credentials(now) if c.status in BAD_CREDENTIAL}
         counts = self._pilot_counts()
         tier_backoff: dict[str, float] = {}
         for cr in list(f.cascades.values()):
@@ -269,7 +266,7 @@ class EngineView:
         previous = self._rows
         current: dict[str, tuple[Any, ...]] = {}
         for name, rt in list(f.queues.items()):
-            state, detail = self._state(rt, now, tier_backoff, bad, users.get(name, ()))
+            state, detail = self._state(rt, now, tier_backoff, bad)
             d = rt.last
             by_state = counts.get(name, _NONE)
             # a queue's row is rebuilt only when its decision, state or pilot counts changed (a
@@ -309,7 +306,6 @@ class EngineView:
         now: float,
         tier_backoff: dict[str, float],
         bad: dict[str, CredentialHealth],
-        profiles: Sequence[str],
     ) -> tuple[QueueState, str | None]:
         if rt.error:
             return QueueState.SETUP_FAILED, rt.error
@@ -319,12 +315,17 @@ class EngineView:
                 return QueueState.BACKOFF, f"{target.error} (until {_iso(target.until)})"
         if rt.name in tier_backoff:
             return QueueState.BACKOFF, f"cascade tier backed off until {_iso(tier_backoff[rt.name])}"
-        for name in profiles:
-            cred = bad.get(name)
-            if cred is not None:
-                return QueueState.CREDENTIAL, f"{cred.name}: {cred.status}" + (
-                    f" ({cred.detail})" if cred.status == "unreadable" and cred.detail else ""
-                )
+        if rt.credentials:
+            gate = self._factory.observe.credentials  # the credential manager, when one is attached
+            blocked = gate.blocked(rt.credentials) if gate is not None else None
+            if blocked:
+                return QueueState.CREDENTIAL, blocked
+            for name in rt.credentials:
+                cred = bad.get(name)
+                if cred is not None:
+                    return QueueState.CREDENTIAL, f"{cred.name}: {cred.status}" + (
+                        f" ({cred.detail})" if cred.status == "unreadable" and cred.detail else ""
+                    )
         if rt.batch_poller.fresh(now) is None:
             return QueueState.STALE, f"no fresh batch status ({rt.batch_poller.state(now)})"
         if rt.wms_poller is not None and rt.wms_poller.fresh(now) is None:
@@ -334,27 +335,25 @@ class EngineView:
         return QueueState.OK, None
 
     def _pilot_counts(self) -> dict[str, dict[str, int]]:
-        """Pilots by queue and state from each batch endpoint's latest snapshot (counted once per
-        snapshot)."""
-        merged: dict[str, dict[str, int]] = {}
-        seen: set[int] = set()
-        for poller in list(self._factory.pollers.values()):
-            snap = poller.latest
-            if not isinstance(snap, BatchSnapshot) or id(poller) in seen:
+        """Pilots by queue and state, from the pilots the engine holds for each queue (as its batch
+        endpoint last reported them, plus fresh submissions); counted again only for queues whose
+        tuple the loop replaced."""
+        previous = self._counts
+        current: dict[str, tuple[tuple[Any, ...], dict[str, int]]] = {}
+        for name, pilots in list(self._factory.state.pilots.items()):
+            cached = previous.get(name)
+            if cached is not None and cached[0] is pilots:
+                current[name] = cached
                 continue
-            seen.add(id(poller))
-            cached = self._counts.get(id(poller))
-            if cached is None or cached[0] != snap.time:
-                counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-                for p in snap.pilots:
-                    counts[p.queue][p.state.value] += 1
-                cached = (snap.time, {q: dict(c) for q, c in counts.items()})
-                self._counts[id(poller)] = cached
-            merged.update(cached[1])
-        return merged
+            counts: dict[str, int] = defaultdict(int)
+            for p in pilots:
+                counts[p.state.value] += 1
+            current[name] = (pilots, dict(counts))
+        self._counts = current
+        return {name: counts for name, (_, counts) in current.items()}
 
-    def _credentials(self, now: float) -> tuple[float, int, list[CredentialHealth], dict[str, list[str]]]:
-        """Every auth profile's health (re-read at most once a minute) and each queue's profiles."""
+    def _credentials(self, now: float) -> list[CredentialHealth]:
+        """Every auth profile's health (files re-read at most once a minute)."""
         config = self._factory.config
         cached = self._creds
         if (
@@ -362,19 +361,15 @@ class EngineView:
             and cached[1] == id(config)
             and time.monotonic() - cached[0] < CREDENTIAL_CHECK_INTERVAL
         ):
-            return cached
-        profiles = dict(config.auth)
-        users = {
-            rt.name: queue_profiles(rt.config.raw, profiles) for rt in list(self._factory.queues.values())
-        }
+            return cached[2]
         used: dict[str, int] = defaultdict(int)
-        for names in users.values():
-            for name in names:
+        for rt in list(self._factory.queues.values()):
+            for name in rt.credentials:
                 used[name] += 1
+        profiles = dict(config.auth)
         health = [check_profile(name, profiles[name], now, used.get(name, 0)) for name in sorted(profiles)]
-        result = (time.monotonic(), id(config), health, users)
-        self._creds = result
-        return result
+        self._creds = (time.monotonic(), id(config), health)
+        return health
 
     # -- cascades -------------------------------------------------------------------------------------
     def _cascade(self, conn: Any, cr: CascadeRuntime, now: float) -> CascadeView:
@@ -438,20 +433,31 @@ class EngineView:
             raise ViewError(f"store unavailable: {_brief(exc)}") from None
 
     def _store_health(self) -> StoreHealth:
-        url = self._factory.store.url
+        url = queries.safe_url(self._factory.store.url)
+        writes = self._factory.recorder.health
+        write_error = None
+        if not writes.ok:
+            since = f" since {_iso(writes.failing_since)}" if writes.failing_since else ""
+            write_error = f"writes failing{since} ({writes.failures} passes): {writes.error}"
         began = time.perf_counter()
         try:
             with self._connect() as conn:
                 queries.ping(conn)
         except ViewError as exc:
             return StoreHealth(
-                url=queries.safe_url(url), dialect=self._read.dialect.name, ok=False, error=str(exc)
+                url=url,
+                dialect=self._read.dialect.name,
+                ok=False,
+                error="; ".join(e for e in (str(exc), write_error) if e),
+                dropped_events=writes.dropped_events,
             )
         return StoreHealth(
-            url=queries.safe_url(url),
+            url=url,
             dialect=self._read.dialect.name,
-            ok=True,
+            ok=writes.ok,
             latency_ms=round((time.perf_counter() - began) * 1000, 2),
+            error=write_error,
+            dropped_events=writes.dropped_events,
         )
 
     def _pilot_log(self, queue: str, backend_id: str, submitted: float | None) -> str | None:

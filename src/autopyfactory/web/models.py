@@ -279,9 +279,10 @@ class CredentialHealth(_Record):
 class StoreHealth(_Record):
     url: str  # password hidden
     dialect: str
-    ok: bool
+    ok: bool  # reachable, and the factory's last write succeeded
     latency_ms: float | None = None
     error: str | None = None
+    dropped_events: int = 0  # events the factory could not keep while the store failed
 
 
 class MonitorHealth(_Record):

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, NO_WMS
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class StatusPlugin(SchedPlugin):

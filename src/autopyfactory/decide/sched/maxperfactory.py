@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MaxPerFactory(SchedPlugin):

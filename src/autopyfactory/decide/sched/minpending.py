@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MinPending(SchedPlugin):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Scale(SchedPlugin):

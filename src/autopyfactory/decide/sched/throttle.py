@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Throttle(SchedPlugin):
@@ -20,6 +20,9 @@ class Throttle(SchedPlugin):
         submit: int = 1
 
     options: Options
+
+    def history_window(self) -> tuple[float, float]:
+        return float(self.options.interval), float(self.options.maxtime)
 
     def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
         history = ctx.history

@@ -169,11 +169,7 @@ class PSIJSubmit(BatchSubmitPlugin):
         from psij import JobAttributes, JobSpec, ResourceSpecV1
 
         o = self.options
-        exe = self.queue.settings.executable
-        if not exe:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
+        exe = pilot_script.executable(self.queue, self.target())
         env = pilot_script.pilot_environment(
             self.queue, self.factory, tags, pilot_script.parse_environ(o.environ)
         )
@@ -264,6 +260,7 @@ class PSIJSubmit(BatchSubmitPlugin):
 class PSIJStatus(BatchStatusPlugin):
     name = "PSIJ"
     Options = PSIJStatusOptions
+    settles = True  # pilots of an earlier run are tracked again (``adopt``)
 
     @classmethod
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
@@ -276,6 +273,11 @@ class PSIJStatus(BatchStatusPlugin):
         super().__init__(endpoint, factory)
         ep = endpoint if isinstance(endpoint, PSIJEndpoint) else PSIJEndpoint()
         self.runtime = _Runtime.get(ep)
+
+    def settle(self, pilots: Sequence[Pilot], now: float) -> Sequence[Pilot]:
+        """After a restart: track the store's pilots again; the next poll reports their state."""
+        self.adopt(pilots)
+        return pilots
 
     def adopt(self, pilots: Sequence[Pilot]) -> None:
         """Track pilots this process did not submit (ids from the store after a restart)."""

@@ -193,6 +193,7 @@ class CondorBase(BatchSubmitPlugin):
     name = "CondorBase"
     Options: ClassVar[type[PluginOptions]] = CondorBaseOptions
     key_prefixes: ClassVar[tuple[str, ...]] = ("batchsubmit.condorbase.",)
+    has_cleanup = True  # the pilot log tree is pruned once a day (EC2 also removes retired VMs)
     # whether this flavour runs the queue's executable (CondorEC2 runs an image instead)
     needs_executable: ClassVar[bool] = True
 
