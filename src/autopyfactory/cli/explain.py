@@ -11,6 +11,7 @@ from autopyfactory.cli._common import add_conf, count, load_or_report
 from autopyfactory.cli._daemon import daemon_path, read_json
 from autopyfactory.cli._store import StoreUnavailable, open_read_only
 from autopyfactory.plugins.base import did_you_mean
+from autopyfactory.web.models import Explanation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
             store.close()
     setup_error = failed.get(args.queue) if isinstance(failed, dict) else None
     if args.json:
-        doc = {"queue": args.queue, "setup_error": setup_error, "decisions": rows, "events": events}
-        print(json.dumps(doc, indent=2))
+        # the model GET /api/v1/decisions/<queue> serves
+        doc = Explanation(queue=args.queue, decisions=rows, events=events, setup_error=setup_error)  # type: ignore[arg-type]
+        print(json.dumps(doc.model_dump(mode="json", by_alias=True), indent=2))
         return 0
     if setup_error:
         print(f"{args.queue}: NOT SET UP by the daemon: {setup_error}")

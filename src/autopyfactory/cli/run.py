@@ -39,6 +39,7 @@ from autopyfactory.service import (
     drop_privileges,
     watchdog_interval,
 )
+from autopyfactory.web.service import WebService
 
 log = logging.getLogger("autopyfactory.run")
 
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     observers = [ConsoleTable(sys.stdout, live=sys.stdout.isatty())] if table and not args.json else []
     try:
-        factory = Factory(to_run, dry_run=args.dry_run, observers=observers)
+        factory = Factory(to_run, dry_run=args.dry_run, observers=observers, failed_queues=failed)
     except Exception as exc:  # the store or a poller failed in a way the checks did not foresee
         print(f"apf run: cannot start the factory: {startup_error(exc, to_run)}", file=sys.stderr)
         log.debug("factory construction failed", exc_info=True)
@@ -309,7 +310,7 @@ def _daemon(
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGUSR1, on_usr1)
-    attach_reporters(factory, alerts=not args.dry_run)
+    web = attach_reporters(factory, alerts=not args.dry_run)
     if args.dry_run:
         log.info("dry run: no monitor, no alert, no submission, no cancellation")
     n_queues = len(factory.queues)
@@ -353,6 +354,7 @@ def _daemon(
         code = 1
     finally:
         notifier.stopping()
+        web.stop()
         supervisor.stop()
         if watchdog is not None:
             watchdog.stop()
@@ -361,28 +363,23 @@ def _daemon(
     return code
 
 
-def attach_reporters(factory: Factory, *, alerts: bool = True) -> None:
-    """Prometheus metrics and (unless ``alerts`` is False) e-mail alerts; a failure is logged."""
+def attach_reporters(factory: Factory, *, alerts: bool = True) -> WebService:
+    """Prometheus metrics, the web dashboard (which serves /metrics) with the pilot log server,
+    and (unless ``alerts`` is False: a dry run) e-mail alerts for the daemon; a failure to start
+    one is logged. Stop the returned web service after ``factory.run``."""
     from autopyfactory.engine.alerts import Alerts
     from autopyfactory.engine.metrics import Metrics
 
-    settings = factory.config.settings
-    if settings.metrics_address:
-        metrics = Metrics(factory.factory_id, address=settings.metrics_address)
-        try:
-            metrics.start()
-            factory.observers.append(metrics)
-            factory.metrics_url = metrics.url
-        except OSError as exc:
-            log.error(
-                "metrics: cannot listen on %s: %s (continuing without metrics)", settings.metrics_address, exc
-            )
+    metrics = Metrics(factory.factory_id)
+    factory.observers.append(metrics)
+    web = WebService(factory, metrics.registry).start()
     if not alerts:
-        return
-    mailer = Alerts(settings, factory.config.auth, maxage=_maxages(factory))
+        return web
+    mailer = Alerts(factory.config.settings, factory.config.auth, maxage=_maxages(factory))
     if mailer.enabled:
         mailer.start()
         factory.observers.append(mailer)
+    return web
 
 
 def _maxages(factory: Factory) -> dict[str, float]:

@@ -48,7 +48,10 @@ from autopyfactory.plugins import base as plugins
 from autopyfactory.plugins.base import PluginError, did_you_mean
 
 _RESERVED_QUEUE_NAMESPACES = ("globusrsl.", "nordugridrsl.")
-_FACTORY_PATH_KEYS = ("queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf")
+_FACTORY_PATH_KEYS = (
+    "queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf",
+    "web.tokenfile", "web.tls.certfile", "web.tls.keyfile", "web.tls.cafile", "web.reportsdir",
+)  # fmt: skip
 # [Factory] key namespaces: an unknown key under one of them is a typo, not a variable
 _FACTORY_NAMESPACES = (
     "wmsstatus",
@@ -57,6 +60,7 @@ _FACTORY_NAMESPACES = (
     "logserver",
     "store",
     "metrics",
+    "web",
     "executor",
     "factory",
     "cleanlogs",

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 # HTCondor ClassAd strings and in batch job names: no blanks, quotes, ',' or '?'. A factory id
 # has no ':' (the tag is split on it) and no '/' (it names the status file).
 FACTORY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}")
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:@+/=-]{1,200}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:@+/=<>()-]{1,200}")
 FACTORY_ID_RULE = "1-100 letters, digits and . _ - @ + (no ':' or '/': it is part of every pilot's tag)"
-QUEUE_NAME_RULE = "1-200 letters, digits and . _ - : / @ + = (no blanks, quotes, ',' or '?')"
+QUEUE_NAME_RULE = "1-200 letters, digits and . _ - : / @ + = < > ( ) (no blanks, quotes, ',' or '?')"
 
 SUPPORTED_CONFIG_PLUGINS = ("File",)
 _RETIRED_CONFIG_PLUGINS = {
@@ -38,6 +38,52 @@ def _plugin_list(value: str, what: str) -> str:
     if not value.strip() or any(not n for n in names):
         raise ValueError(f"{what}: give plugin names separated by commas (an empty name is not allowed)")
     return value
+
+
+DEFAULT_WEB_ADDRESS = "127.0.0.1:9642"
+
+
+def parse_address(text: str, default_port: int = 0) -> tuple[str, int]:
+    """``host:port``, ``:port``, ``port`` or ``host`` -> (host, port); IPv6 as ``[::1]:9642``.
+    An empty host means 127.0.0.1 (never all interfaces by accident). Raises ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.isdigit():
+        host, port = "", text
+    else:
+        host, port = text, ""
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"bad port in {text!r} (use host:port, e.g. 127.0.0.1:9642)") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return host or "127.0.0.1", number
+
+
+def check_address(value: str) -> tuple[str, int]:
+    """A configured listen address: ``host:port`` or ``[v6]:port`` -> (host, port); ValueError with
+    a clear message otherwise (``parse_address`` is the lenient reader of a checked value)."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected host:port, e.g. 127.0.0.1:9642 ([::1]:9642 for IPv6), or None")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError("an IPv6 host is written in brackets: [::1]:9642")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host is written in brackets: [::1]:9642")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:9642")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("the port must be 0-65535 (0 = any free port)")
+    return host, port
 
 
 class _Keys(BaseModel):
@@ -160,8 +206,44 @@ class FactorySettings(_Keys):
         le=36500,
         description="days of decisions, events and finished pilots kept",
     )
+    web_address: str | None = Field(
+        DEFAULT_WEB_ADDRESS,
+        alias="web.address",
+        description="dashboard, JSON API and Prometheus /metrics (host:port; port 0 picks one); None disables",
+    )
     metrics_address: str | None = Field(
-        "127.0.0.1:9642", alias="metrics.address", description="Prometheus /metrics host:port; None disables"
+        None,
+        alias="metrics.address",
+        description="the former name of web.address (used when web.address is unset)",
+    )
+    web_tokenfile: str | None = Field(
+        None,
+        alias="web.tokenfile",
+        description="file holding the bearer token clients not on loopback must send",
+    )
+    web_tls_certfile: str | None = Field(
+        None, alias="web.tls.certfile", description="serve HTTPS with this certificate"
+    )
+    web_tls_keyfile: str | None = Field(
+        None, alias="web.tls.keyfile", description="the certificate's private key"
+    )
+    web_tls_cafile: str | None = Field(
+        None,
+        alias="web.tls.cafile",
+        description="CA bundle: every client must present a certificate it signed",
+    )
+    web_allow_anonymous: bool = Field(
+        False,
+        alias="web.allow_anonymous",
+        description="serve a non-loopback address without any authentication",
+    )
+    web_refresh: float = Field(
+        5.0, alias="web.refresh", gt=0, description="seconds between live page updates"
+    )
+    web_reportsdir: str | None = Field(
+        None,
+        alias="web.reportsdir",
+        description="directory of simulation reports (default <statedir>/reports)",
     )
     policyConf: str | None = Field(None, description="the provisioning policy document (YAML or JSON)")
 
@@ -186,14 +268,6 @@ class FactorySettings(_Keys):
                 raise ValueError(f"unknown config plugin {name!r}{hint}; supported: File")
         return value
 
-    @field_validator("metrics_address")
-    @classmethod
-    def _address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parse_address(value)
-        return value
-
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
@@ -210,6 +284,26 @@ class FactorySettings(_Keys):
             ) from None
         return value
 
+    @field_validator("web_address", "metrics_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_address(value)
+        return value
+
+    @property
+    def web_listen(self) -> str | None:
+        """The dashboard's address: ``web.address``, else the older ``metrics.address``, else the default."""
+        if "web_address" in self.model_fields_set:
+            return self.web_address
+        if "metrics_address" in self.model_fields_set:
+            return self.metrics_address
+        return DEFAULT_WEB_ADDRESS
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.web_reportsdir).expanduser() if self.web_reportsdir else self.state_path / "reports"
+
     @property
     def state_path(self) -> Path:
         return Path(self.statedir).expanduser()
@@ -218,26 +312,6 @@ class FactorySettings(_Keys):
         if self.store_url:
             return self.store_url
         return f"sqlite:///{self.state_path / 'apf.db'}"
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError with a clear message otherwise."""
-    text = value.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected host:port, e.g. 127.0.0.1:9642 ([::1]:9642 for IPv6), or None")
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            raise ValueError("an IPv6 host is written in brackets: [::1]:9642")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError("an IPv6 host is written in brackets: [::1]:9642")
-    if any(c.isspace() for c in host) or "/" in host:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:9642")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError("the port must be 0-65535 (0 = any free port)")
-    return host, port
 
 
 class QueueSettings(_Keys):

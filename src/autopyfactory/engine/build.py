@@ -77,7 +77,7 @@ class Builder:
         before = set(state.pollers)
         old = state.queues
         queues: dict[str, QueueRuntime] = {}
-        state.failed = {}
+        state.built_failed = {}
         for qc in config.active_queues():
             previous = old.get(qc.name)
             if previous is not None and previous.config.fingerprint() == qc.fingerprint():
@@ -87,7 +87,7 @@ class Builder:
                 queues[qc.name] = self._queue(qc)
             except Exception as exc:  # one queue's status plugin must not stop the others
                 error = f"cannot set up: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                state.failed[qc.name] = error
+                state.built_failed[qc.name] = error
                 log.error("queue %s: %s", qc.name, error)
                 self.event("queue-error", error, qc.name)
         for name, runtime in old.items():

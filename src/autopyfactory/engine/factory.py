@@ -68,17 +68,20 @@ class Factory:
         observers: Iterable[Observer] = (),
         record_pilots: bool = True,
         credentials: CredentialGate | None = None,
+        failed_queues: Mapping[str, str] | None = None,
     ) -> None:
         """``record_pilots=False`` (the simulator) keeps no per-pilot rows in the store; decisions,
         intents, the quota ledger and events are recorded as always. ``credentials``: the
         credential manager the planner asks before a queue submits. Raises StoreError when the
-        store cannot be opened."""
+        store cannot be opened. ``failed_queues``: queues left out before start (their start-up
+        checks failed), with why; status and the web show them."""
         self.dry_run = dry_run
         self.clock = clock
         self.record_pilots = record_pilots
         self.store = store or Store(config.settings.database_url())
         self.observers: list[Observer] = list(observers)
         self.state = EngineState(config)
+        self.state.excluded = dict(failed_queues or {})
         self.recorder = Recorder(
             self.store,
             config.factory_id,

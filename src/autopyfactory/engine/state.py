@@ -166,7 +166,14 @@ class EngineState:
     # intents this process opened and has not settled (adoption must not settle them)
     my_intents: set[str] = field(default_factory=set)
     # queues that could not be built at all (a status plugin failed to start), with why
-    failed: dict[str, str] = field(default_factory=dict)
+    built_failed: dict[str, str] = field(default_factory=dict)
+    # queues left out before the factory was built (their start-up checks failed), with why
+    excluded: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Every queue that is configured but does not run, with why."""
+        return {**self.excluded, **self.built_failed}
 
     @property
     def factory_id(self) -> str:
