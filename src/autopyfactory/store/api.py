@@ -138,7 +138,9 @@ class Store:
             self._cache_lock = threading.Lock()
             self._pilot_rows: dict[tuple[str, str, str], tuple[int, str]] = {}
             if not readonly:
-                metadata.create_all(self.engine)
+                # through the reader: when the schema exists this only reads, so a factory (or
+                # `apf status`) starts while another process holds the SQLite write lock
+                metadata.create_all(self.reader)
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
