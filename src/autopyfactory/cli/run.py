@@ -110,10 +110,12 @@ def _maxages(factory: Factory) -> dict[str, float]:
     return out
 
 
-def _reload(conf: str) -> FactoryConfig | None:
+def _reload(conf: str) -> FactoryConfig:
+    """Read the new configuration (on the reload thread). Its problems are logged one per line and
+    raised, so the reload-failed event says what was wrong (e.g. which queueConf URL timed out)."""
     try:
         return load_factory_config(conf)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("reload: %s", problem)
-        return None
+        raise
