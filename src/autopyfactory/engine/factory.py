@@ -51,6 +51,7 @@ __all__ = ["Factory", "status_path"]
 
 # SIGTERM is honoured within 10 s: what shutdown may spend on each part
 SHUTDOWN_ACTIONS_S = 3.0
+SHUTDOWN_FLUSH_S = 2.0
 SHUTDOWN_CLOSE_S = 2.0
 PRUNE_INTERVAL = 3600.0
 
@@ -452,7 +453,13 @@ class Factory:
             thread.stop()
         self.executor.shutdown(wait=True, timeout=SHUTDOWN_ACTIONS_S)
         now = self.clock()
-        self.flush(now)
+        if self.recorder.health.ok:
+            self.flush(now)
+        else:
+            # a locked or full store must not hold the stop: what is not written now is found
+            # again by the next start's adoption (pilots re-read from the backend, intents by tag)
+            self._apply_completions()
+            _bounded(lambda: self.recorder.commit(now), SHUTDOWN_FLUSH_S, "writing the failing store")
         _bounded(self._close_all, SHUTDOWN_CLOSE_S, "closing plugins")
         for observer in self.observers:
             safe(observer.on_stop)
