@@ -128,6 +128,7 @@ class Mismatch:
     vanished: list[str] = field(default_factory=list)  # store says active, backend has no such pilot
     open_intents: list[str] = field(default_factory=list)
     miscounted: list[str] = field(default_factory=list)  # intent.submitted != pilots under its tag
+    overfilled: list[str] = field(default_factory=list)  # more pilots under an intent than it asked for
     duplicates: list[str] = field(default_factory=list)  # one backend pilot recorded twice
 
     def problems(self) -> dict[str, list[str]]:
@@ -162,6 +163,9 @@ def compare(
     out.vanished = sorted(b for (q, b), r in by_key.items() if r["state"] in active and (q, b) not in listed)
     per_intent = Counter(p.intent_id for p in pilots)
     for intent in intents.values():
+        found = per_intent.get(intent["id"], 0)
+        if found > intent["n"]:
+            out.overfilled.append(f"{intent['id']}: {found} pilots for {intent['n']} asked")
         if intent["status"] == "open":
             out.open_intents.append(intent["id"])
         elif (intent["submitted"] or 0) != per_intent.get(intent["id"], 0):

@@ -62,12 +62,21 @@ class RoundResult:
     pilots: int = 0  # pilots in the backend at the end
     active: int = 0
     problems: dict[str, list[str]] = field(default_factory=dict)
+    # pilots by backend state at the end (a pilot whose process never started, because the kill
+    # fell between its directory and its process, is 'failed' there: the backend's truth)
+    states: dict[str, int] = field(default_factory=dict)
+    never_started: int = 0  # of them: directories without a process (the kill fell in between)
     adopted: int = 0  # intents settled by adoption after a kill
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.pilots == self.demand == self.active
+        """Exactly the demanded pilots alive; anything else is a pilot that never started."""
+        return (
+            not self.problems
+            and self.active == self.demand
+            and self.pilots - self.active == self.never_started
+        )
 
 
 def kill_pilots(statedir: Path) -> None:
@@ -152,6 +161,11 @@ def run_round(
     pilots = local_pilots(statedir)
     result.pilots = len(pilots)
     result.active = sum(1 for p in pilots if p.state.active)
+    result.states = dict(Counter(p.state.value for p in pilots))
+    root = statedir / "local" / "test-factory"
+    result.never_started = sum(
+        1 for p in pilots if not p.state.active and not (root / p.queue / p.backend_id / "pid").exists()
+    )
     result.problems.update(compare(store, pilots, states=False).problems())
     result.adopted = sum(1 for i in store.intents("test-factory") if i["status"] == "adopted")
     store.close()

@@ -56,8 +56,8 @@ from tests.helpers import factory_conf, wait_for, write
 from tests.killsoak import kill_pilots, run_round
 
 CADENCE_TOLERANCE = 0.10  # the bound: other queues keep their cadence within 10%
-SIGTERM_BOUND_S = 10.0
-LATENCY_S = 0.25  # a poll's round trip on loopback and waking the decision loop, on a loaded host  # SIGTERM is honoured within 10 s whatever the store or a backend does
+SIGTERM_BOUND_S = 10.0  # SIGTERM is honoured within 10 s whatever the store or a backend does
+LATENCY_S = 0.25  # a poll's round trip on loopback and waking the decision loop, on a loaded host
 
 
 def _pilot(tmp: Path, seconds: int) -> Path:
@@ -138,14 +138,17 @@ def test_twenty_random_kills_during_cycles_leave_exactly_the_demanded_pilots(tmp
     result = run_round(tmp, kills=20, rng=random.Random(9))
     print(
         f"kills={result.kills} in_flight={result.kills_in_flight} adopted={result.adopted} "
-        f"pilots={result.pilots}/{result.demand} seconds={result.seconds:.0f}"
+        f"alive={result.active}/{result.demand} never_started={result.never_started} "
+        f"seconds={result.seconds:.0f}"
     )
     assert result.kills == 20
     assert result.kills_in_flight >= 1, (
         "no kill fell between an intent and its outcome: the test proved little"
     )
-    assert not result.problems, result.problems
-    assert result.pilots == result.active == result.demand, "pilots lost or submitted twice"
+    assert not result.problems, result.problems  # all recorded, none open, none beyond its intent
+    assert result.active == result.demand, f"{result.active} pilots alive for {result.demand} demanded"
+    # anything else is a directory a kill left without its process (Local reports it failed)
+    assert result.pilots - result.active == result.never_started, result.states
 
 
 # ---------------------------------------------------------------------------------------------
