@@ -12,3 +12,7 @@ echo "== apf simulate (two months of the example cascade at a 10-minute step)"
 .venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
   --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \
   | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(f"simulate_s={r[\"elapsed_s\"]} cycles={r[\"cycles_run\"]}")'
+if [ "${APF_BENCH_SOAK:-0}" = 1 ]; then
+  echo "== bench/soak_kill.py (apf run SIGKILLed 100 times during its cycles; 6-8 minutes)"
+  .venv/bin/python bench/soak_kill.py --kills 100
+fi
