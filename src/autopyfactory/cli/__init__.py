@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from autopyfactory import __version__
+from autopyfactory.store.api import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except StoreError as exc:  # names the store and the cause (never its password)
+        print(f"apf: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

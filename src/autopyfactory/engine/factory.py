@@ -53,6 +53,7 @@ __all__ = ["Factory", "status_path", "tune_gc"]
 
 # SIGTERM is honoured within 10 s: what shutdown may spend on each part
 SHUTDOWN_ACTIONS_S = 3.0
+SHUTDOWN_FLUSH_S = 2.0
 SHUTDOWN_CLOSE_S = 2.0
 PRUNE_INTERVAL = 3600.0
 
@@ -467,11 +468,11 @@ class Factory:
         now = self.clock()
         if self.recorder.health.ok:
             self.flush(now)
-        else:  # a failing store would hold the stop; the next start adopts what was not written
-            log.error(
-                "store failing at stop: %d buffered rows left to the next start's adoption",
-                self.recorder.pending(),
-            )
+        else:
+            # a locked or full store must not hold the stop: what is not written now is found
+            # again by the next start's adoption (pilots re-read from the backend, intents by tag)
+            self._apply_completions()
+            _bounded(lambda: self.recorder.commit(now), SHUTDOWN_FLUSH_S, "writing the failing store")
         _bounded(self._close_all, SHUTDOWN_CLOSE_S, "closing plugins")
         for observer in self.observers:
             safe(observer.on_stop)

@@ -71,7 +71,8 @@ class Reloader:
                 config = load()
                 box.append(ReloadResult(config, None if config is not None else "configuration invalid", why))
             except Exception as exc:  # a bad reload keeps the running config
-                box.append(ReloadResult(None, f"{type(exc).__name__}: {exc}", why))
+                problems = "; ".join(str(exc).splitlines())  # one line per config problem
+                box.append(ReloadResult(None, f"{type(exc).__name__}: {problems}", why))
 
         worker = threading.Thread(target=work, name="reload-read", daemon=True)
         worker.start()

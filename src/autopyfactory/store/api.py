@@ -151,7 +151,9 @@ class Store:
                 with self.reader.connect():
                     pass  # fail now (unreachable server, unreadable file), not on first use
             else:
-                metadata.create_all(self.engine)
+                # through the reader: when the schema exists this only reads, so a factory (or
+                # `apf status`) starts while another process holds the SQLite write lock
+                metadata.create_all(self.reader)
 
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:

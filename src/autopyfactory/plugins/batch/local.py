@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # the command.
 _WRAPPER = r"""
 d=$1; slotdir=$2; slots=$3; out=$4; err=$5; shift 5
-echo $$ > "$d/pid"
+echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
 if [ "$slots" -gt 0 ]; then
   while :; do
     i=1
@@ -266,8 +266,10 @@ def read_pilot(pdir: Path) -> Pilot | None:
     elif cancelled:
         state = PilotState.CANCELLED
         ended = _mtime_or_none(pdir / "cancelled")
-    elif not (pdir / "pid").exists() and time.time() - float(submitted) < 30:
-        state = PilotState.PENDING  # wrapper not yet up
+    elif not (_read_or_none(pdir / "pid") or "").strip() and time.time() - float(submitted) < 30:
+        # wrapper not yet up (a pid file being written counts as none: a poll that fell in that
+        # instant reported a live pilot as failed, and the factory submitted it again)
+        state = PilotState.PENDING
     else:
         state = PilotState.FAILED  # the wrapper died without writing rc (killed, host reboot)
         ended = _mtime_or_none(pdir / "pid")
