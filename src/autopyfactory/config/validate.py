@@ -96,7 +96,8 @@ def options_from_keys(
                 continue
             message = err["msg"]
             if (
-                not _is_secret(options_cls, field)
+                loc  # a whole-model check's input is every value, secrets included
+                and not _is_secret(options_cls, field)
                 and "input" in err
                 and not isinstance(err["input"], SecretStr)
             ):

@@ -181,18 +181,18 @@ class CredentialManager:
         try:
             with self._profile_locks[name]:
                 if not self._stopping.is_set():
-                    self._check(name, cred)
+                    self._check(name, cred, scheduled=True)
         finally:
             with self._cond:
                 self._running.discard(name)
                 self._cond.notify_all()
 
-    def _check(self, name: str, cred: ManagedCredential) -> CredentialHealth:
+    def _check(self, name: str, cred: ManagedCredential, scheduled: bool = False) -> CredentialHealth:
         before = self._health.get(name)
         if before is not None and self._safe(lambda now: cred.renewal_due(before, now), name, self.clock()):
             self._store(name, before.with_state(HealthState.RENEWING, checked_at=self.clock()))
         health = self._safe(cred.check, name, self.clock())
-        if self._stopping.is_set() and health.state is HealthState.FAILING and before is not None:
+        if scheduled and self._stopping.is_set() and before is not None:
             return before  # a renewal killed by stop() is not a failure of the credential
         self._store(name, health)
         with self._cond:
