@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from conftest import BASE_ROOT, COMPONENTS, SlurmCluster, _Script
 
 GRID_BASE = BASE_ROOT / "grid"

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import build_factory
 
 from autopyfactory.credentials import CredentialHealth, CredentialManager, HealthState, gate
 from autopyfactory.credentials.proxy import (
@@ -30,6 +29,7 @@ from autopyfactory.credentials.proxy import (
 )
 from autopyfactory.credentials.token import jwt_expiry
 from autopyfactory.credentials.x509 import X509Credential, valid_hm
+from conftest import build_factory
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -161,7 +161,7 @@ def test_renewal_commands_are_data(tmp_path: Path) -> None:
         str(tmp_path / "out"),
     )
     assert "-noregen" not in step.argv and step.argv[-2:] == ("-bits", "2048")
-    assert ("-voms", "testvo:/testvo/Role=pilot") == step.argv[step.argv.index("-voms") :][:2]
+    assert step.argv[step.argv.index("-voms") :][:2] == ("-voms", "testvo:/testvo/Role=pilot")
     mp = X509Credential("mp", factory.auth_profiles["mp"].options, None)  # type: ignore[attr-defined,arg-type]
     (step,) = mp.renew_commands(tmp_path / "out")
     assert step.argv[:5] == ("myproxy-logon", "-s", "mp.example.org", "-p", "7513")
@@ -296,7 +296,7 @@ def test_wrong_fqan_is_failing_and_never_replaces_the_good_proxy(
                                                                             "x509.lifetime": "3600",
                                                                             "x509.minlife": "60"}))}
     )  # fmt: skip
-    assert good.check_now("p").state is HealthState.OK if good._health or True else None
+    assert good.check_now("p").state is HealthState.OK
     before = proxy.read_bytes()
     keys = x509_keys(
         grid_ca, voms_server, proxy,

@@ -27,7 +27,9 @@ class X509Options(PluginOptions):
     checktime: int = Field(3600, gt=0, description="seconds between checks")
     minlife: int = Field(259200, ge=0, description="renew when less than this is left (seconds)")
     renew: bool = False
-    baseproxy: str | None = Field(None, description="sign new proxies with this proxy instead of usercert/userkey")
+    baseproxy: str | None = Field(
+        None, description="sign new proxies with this proxy instead of usercert/userkey"
+    )
     usercert: str | None = None
     userkey: str | None = None
     owner: str | None = Field(None, description="user[:group] the proxy file is given to")
@@ -36,7 +38,9 @@ class X509Options(PluginOptions):
     myproxy_hostname: str | None = None
     myproxy_username: str | None = None
     myproxy_passphrase: SecretStr | None = None
-    retriever_list: str | None = Field(None, description="set: retrieve without a passphrase (trusted retriever)")
+    retriever_list: str | None = Field(
+        None, description="set: retrieve without a passphrase (trusted retriever)"
+    )
     voms_args: str | None = Field(None, alias="voms.args")
     remote_host: str | None = None
     remote_user: str | None = None
