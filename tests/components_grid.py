@@ -241,6 +241,13 @@ class ArcControl:
     def start(self) -> None:
         self._call("ce-start")
 
+    def close(self) -> None:
+        """Refuse new jobs (allownew = no), as a full or draining CE does."""
+        self._call("close")
+
+    def open(self) -> None:
+        self._call("open")
+
 
 @pytest.fixture
 def arc_control(arc_ce: ArcCE) -> Iterator[ArcControl]:

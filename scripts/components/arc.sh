@@ -5,12 +5,15 @@
 # user apfgrid, in a Slurm cluster (APF_ARC_LRMS=slurm, the default: SLURM_CONF must point at a
 # running cluster) or with the fork LRMS. Nothing is written under /etc or /var/spool/arc.
 #
-# usage: arc.sh start|stop|status|env|ce-stop|ce-start
+# usage: arc.sh start|stop|status|env|ce-stop|ce-start|close|open
 #   start     install packages, write the config and start both A-REX daemons (the job manager and
 #             the REST front end); a no-op when this base dir's A-REX runs
 #   stop      stop both daemons and cancel/kill what is left of their jobs
 #   status    exit 0 when the REST front end of this base dir runs
 #   ce-stop   stop the REST front end alone (the CE is unreachable; jobs go on); ce-start: back
+#   close     refuse new jobs (allownew = no: "New job submission is not allowed"); open: accept
+#
+# Jobs get their delegated proxy (runtime environment ENV/PROXY enabled and default).
 #   env       print the env file written at start
 #
 # env (defaults in brackets):
@@ -157,6 +160,9 @@ start() {
   install -m 600 "$(ca APF_GRID_HOSTKEY)" "$D/hostkey.pem"
   port=$(pick_port "${APF_ARC_PORT:-18443}")
   write_config "$port" "$cadir" "$user_dn"
+  # jobs get their delegated proxy as X509_USER_PROXY (a pilot needs it)
+  arcctl -c "$D/arc.conf" rte enable ENV/PROXY >/dev/null 2>&1
+  arcctl -c "$D/arc.conf" rte default ENV/PROXY >/dev/null 2>&1
   patch_start_script /usr/share/arc/arc-arex-start "$D/arc-arex-start"
   patch_start_script /usr/share/arc/arc-arex-ws-start "$D/arc-arex-ws-start"
   # a ready DH group, so the WS start does not compute one for minutes
@@ -201,12 +207,24 @@ stop() {
   el "stopped (base $BASE)"
 }
 
+set_allownew() {  # yes|no, then restart the REST front end
+  sed -i '/^allownew = /d' "$D/arc.conf"
+  [ "$1" = no ] && sed -i 's/^\[arex\/ws\/jobs\]$/&\nallownew = no/' "$D/arc.conf"
+  LRMS=$(sed -n 's/^APF_ARC_LRMS=//p' "$D/env")
+  stop_pidfile "$D/arex-ws.pid" 1  # the front end keeps no state: no need to wait for it
+  start_ws
+}
+
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
   status) pid_alive "$D/arex-ws.pid" ;;
   env) cat "$D/env" ;;
-  ce-stop) stop_pidfile "$D/arex-ws.pid" 5; el "REST front end stopped" ;;
-  ce-start) pid_alive "$D/arex-ws.pid" || start_ws ;;
-  *) echo "usage: $0 start|stop|status|env|ce-stop|ce-start" >&2; exit 2 ;;
+  ce-stop) stop_pidfile "$D/arex-ws.pid" 1; el "REST front end stopped" ;;
+  ce-start)
+    LRMS=$(sed -n 's/^APF_ARC_LRMS=//p' "$D/env")
+    pid_alive "$D/arex-ws.pid" || start_ws ;;
+  close) set_allownew no ;;
+  open) set_allownew yes ;;
+  *) echo "usage: $0 start|stop|status|env|ce-stop|ce-start|close|open" >&2; exit 2 ;;
 esac
