@@ -525,3 +525,88 @@ def test_manager_threads_stop_promptly(tmp_path: Path) -> None:
     manager.stop()
     assert time.monotonic() - t0 < 2
     assert not any(t.name == "apf-credentials" and t.is_alive() for t in threading.enumerate())
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration: APF's legacy proxy.conf and the profiles a queue uses
+
+
+def test_legacy_proxy_conf_is_read_as_x509_profiles(tmp_path: Path) -> None:
+    from autopyfactory.config.errors import ConfigError
+    from autopyfactory.config.loader import load_factory_config
+    from tests.helpers import factory_conf, write
+
+    write(
+        tmp_path / "proxy.conf",
+        """
+        [DEFAULT]
+        baseproxy = None
+        usercert = /home/apf/.globus/usercert.pem
+        userkey = /home/apf/.globus/userkey.pem
+        lifetime = 604800
+        checktime = 3600
+        minlife = 259200
+        interruptcheck = 1
+        initdelay = 0
+        renew = True
+        flavor = voms
+
+        [atlas-production]
+        vorole = atlas:/atlas/Role=production
+        proxyfile = /tmp/prodProxy
+        voms.args = -rfc
+
+        [atlas-usatlas]
+        flavor = myproxy
+        vorole = atlas:/atlas/usatlas
+        proxyfile = /tmp/usatlasProxy
+        myproxy_hostname = myproxy.cern.ch
+        myproxy_username = apf
+        myproxy_passphrase = legacy-passphrase-42
+        """,
+    )
+    conf = factory_conf(tmp_path, "", extra="proxyConf = proxy.conf\n")
+    config = load_factory_config(str(conf))
+    prod = config.auth["atlas-production"]
+    assert prod.plugin == "X509" and prod.options.renew and prod.options.voms_args == "-rfc"
+    assert prod.options.vorole == "atlas:/atlas/Role=production" and prod.options.minlife == 259200
+    assert config.auth["atlas-usatlas"].options.flavor == "myproxy"
+    assert "legacy-passphrase-42" not in repr(config.auth["atlas-usatlas"].options)
+    assert not any("proxyConf" in w for w in config.warnings)
+
+    write(tmp_path / "proxy.conf", "[p]\nproxyfile = /tmp/p\nmniflie = 3\nlifetime = soon\n")
+    with pytest.raises(ConfigError) as bad:
+        load_factory_config(str(conf))
+    text = str(bad.value)
+    assert "proxy.conf:3: [p] mniflie" in text and "proxy.conf:4: [p] lifetime" in text
+
+
+def test_queue_profiles_name_what_each_plugin_uses(tmp_path: Path) -> None:
+    from autopyfactory.credentials.resolve import queue_profiles
+    from conftest import build_queue
+
+    factory = build_factory(
+        "qp",
+        auth={
+            "prod": ("X509", {"x509.proxyfile": str(tmp_path / "p")}),
+            "hpc": ("SSH", {"ssh.privatekeyfile": str(tmp_path / "k")}),
+        },
+    )
+    profiles = factory.auth_profiles  # type: ignore[attr-defined]
+    slurm = build_queue(
+        "s", {"batchsubmit.slurm.host": "head", "batchsubmit.slurm.authprofile": "hpc"}, submit="Slurm"
+    )
+    assert queue_profiles(slurm, profiles) == ("hpc",)  # type: ignore[arg-type]
+    ce = build_queue(
+        "c",
+        {
+            "executable": "/bin/true",
+            "batchsubmit.condorce.gridresource": "ce",
+            "batchsubmit.condorce.proxy": "gone, prod",
+        },
+        submit="CondorCE",
+        status="Condor",
+    )
+    assert queue_profiles(ce, profiles) == ("prod",)  # type: ignore[arg-type]  # the first defined X509 one
+    local = build_queue("l", {"executable": "/bin/true"}, submit="Local")
+    assert queue_profiles(local, profiles) == ()  # type: ignore[arg-type]

@@ -46,7 +46,6 @@ _RESERVED_QUEUE_NAMESPACES = ("globusrsl.", "nordugridrsl.")
 _DEAD_FACTORY_KEYS = {
     "proxymanager.enabled",
     "proxymanager.sleep",
-    "proxyConf",
     "monitor.section",
     "monitor.interval",
     "configplugin",
@@ -56,7 +55,9 @@ _DEAD_FACTORY_KEYS = {
     "versionTag",
     "config.queues.agis.defaultsfile",
 }
-_FACTORY_PATH_KEYS = ("queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf")
+_FACTORY_PATH_KEYS = (
+    "queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf", "proxyConf"
+)  # fmt: skip
 
 
 def _aliases(model: type[BaseModel]) -> dict[str, str]:
@@ -264,6 +265,12 @@ def load_factory_config(conf: str | os.PathLike[str] | Sequence[str]) -> Factory
     if settings.authConf and settings.authmanager_enabled:
         auth, errs = _load_auth(_split(settings.authConf), base)
         problems.extend(errs)
+    if settings.proxyConf:
+        from autopyfactory.config.proxyconf import load_proxy_conf
+
+        legacy, errs = load_proxy_conf(_split(settings.proxyConf), base, auth)
+        problems.extend(errs)
+        auth = {**auth, **legacy}
     monitors: dict[str, MonitorSection] = {}
     if settings.monitorConf:
         monitors, errs = _load_monitors(_split(settings.monitorConf), base)

@@ -38,6 +38,9 @@ class FactorySettings(_Keys):
     authmanager_enabled: bool = Field(True, alias="authmanager.enabled")
     authmanager_sleep: int = Field(30, alias="authmanager.sleep")
     authConf: str | None = None
+    proxyConf: str | None = Field(
+        None, description="APF's legacy proxy.conf: X509 profiles, read key for key"
+    )
     monitorConf: str | None = None
     mappingsConf: str | None = None
     monitor: str | None = None

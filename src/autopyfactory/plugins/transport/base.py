@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -141,6 +141,10 @@ class RemoteOptions(PluginOptions):
     port: int = Field(22, ge=1, le=65535)
     authprofile: str | None = Field(None, description="SSH profile in auth.conf (key and known_hosts)")
     timeout: float = Field(60.0, gt=0, description="seconds one command may take")
+
+    def credential_profiles(self, profiles: Mapping[str, Any]) -> tuple[str, ...]:
+        """The SSH profile the commands run with (for the credential gate)."""
+        return (self.authprofile,) if self.host and self.authprofile else ()
 
 
 # ---------------------------------------------------------------------------------------------

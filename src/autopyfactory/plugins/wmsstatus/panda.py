@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from autopyfactory import __version__
+from autopyfactory.credentials import resolve
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import (
     BackendError,
@@ -51,7 +52,7 @@ from autopyfactory.plugins.base import (
 from autopyfactory.plugins.wmsstatus.panda_legacy import UnsafePickle, safe_loads
 
 if TYPE_CHECKING:
-    from autopyfactory.config.models import QueueConfig
+    from autopyfactory.config.models import AuthProfile, QueueConfig
 
 log = logging.getLogger("autopyfactory.wmsstatus.panda")
 
@@ -115,6 +116,10 @@ class PandaOptions(PluginOptions):
     sitestatus_maxage: float = Field(3600.0, alias="sitestatus.maxage", gt=0)
     prodsourcelabels: str | None = Field(None, description="count only these labels (comma list)")
     resourcetypes: str | None = Field(None, description="count only these resource types (comma list)")
+
+    def credential_profiles(self, profiles: Mapping[str, AuthProfile]) -> tuple[str, ...]:
+        """The X509 or Token profile the poller authenticates with (for the credential gate)."""
+        return (self.auth,) if self.auth else ()
 
     @field_validator("url")
     @classmethod
@@ -429,7 +434,11 @@ class Panda(WmsStatusPlugin):
         return ctx
 
     def _proxy_path(self) -> str:
-        return str(Path(self._auth_options.proxyfile).expanduser())
+        # the file the credential manager keeps fresh; reloaded when it changes (see _get_opener)
+        assert self.ep.auth is not None
+        path = resolve.proxy_file(self.ep.auth, self.factory.auth_profiles, where=self.where)
+        assert path is not None
+        return path
 
     def _get_opener(self) -> urllib.request.OpenerDirector:
         stamp = None
@@ -455,13 +464,12 @@ class Panda(WmsStatusPlugin):
             "Connection": "close",
         }
         if self._auth_kind == "Token":
-            from autopyfactory.plugins.auth.token import Token
-
+            assert self.ep.auth is not None
             try:
-                token = Token.read(self._auth_options)
-            except (OSError, ValueError) as exc:
+                token = resolve.bearer_token(self.ep.auth, self.factory.auth_profiles, where=self.where)
+            except ValueError as exc:
                 # the messages name the file, never the token
-                raise BackendError(self.where, f"auth profile {self.ep.auth!r}: {exc}") from None
+                raise BackendError(self.where, str(exc)) from None
             headers["Authorization"] = f"Bearer {token}"
             if self._auth_options.origin:
                 headers["Origin"] = self._auth_options.origin
