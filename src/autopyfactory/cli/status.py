@@ -7,6 +7,8 @@ import json
 import time
 
 from autopyfactory.cli._common import add_conf, load_or_report
+from autopyfactory.credentials import status_file
+from autopyfactory.credentials.health import format_seconds
 from autopyfactory.engine.factory import status_path
 from autopyfactory.store.api import Store
 
@@ -46,7 +48,15 @@ def collect(conf: str) -> dict[str, object] | None:
             "pilots_by_state": counts.get(name, {}),
         }
     store.close()
+    credentials: dict[str, object] = {}
+    cpath = status_file(config.settings.state_path, config.factory_id)
+    if cpath.exists():
+        try:
+            credentials = json.loads(cpath.read_text()).get("profiles", {})
+        except (OSError, ValueError):
+            credentials = {}
     return {
+        "credentials": credentials,
         "factory": config.factory_id,
         "queues": queues,
         "pollers": daemon.get("pollers", {}),
@@ -82,4 +92,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"poller {label}: {state}")
     for target, state in info["targets"].items():  # type: ignore[union-attr]
         print(f"target {target}: {state}")
+    for name, c in info["credentials"].items():  # type: ignore[union-attr]
+        expires = c.get("expires_at")
+        left = f", {format_seconds(expires - now)} left" if expires and expires > now else ""
+        left = f", expired {format_seconds(now - expires)} ago" if expires and expires <= now else left
+        error = f": {c['error']}" if c.get("error") else ""
+        print(f"credential {name} ({c.get('kind')}): {c.get('state')}{left}{error}")
     return 0

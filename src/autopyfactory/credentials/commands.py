@@ -9,6 +9,7 @@ before anything quotes it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -57,8 +58,14 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-class CommandTimeout(Exception):
-    pass
+_TOKEN_LIKE = re.compile(
+    r"[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]*|[A-Za-z0-9+/_\-]{32,}={0,2}"
+)
+
+
+def scrub_tokens(text: str) -> str:
+    """Hide anything shaped like a bearer token (a JWT, a long base64 run) in a tool's output."""
+    return _TOKEN_LIKE.sub("**********", text)
 
 
 class Runner:

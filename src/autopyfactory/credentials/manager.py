@@ -148,6 +148,11 @@ class CredentialManager:
             health = self._check(name, cred)
         return health
 
+    def inspect_now(self, name: str) -> CredentialHealth:
+        """Health from disk alone (no tool runs), without changing the manager's state."""
+        cred = self._cred(name, ManagedCredential)
+        return self._safe(cred.inspect, name, self.clock())
+
     def wake(self) -> None:
         """Check every profile as soon as possible (e.g. after a reload or an operator's request)."""
         with self._cond:

@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 from autopyfactory.credentials.base import ManagedCredential, install_private, staged_file
+from autopyfactory.credentials.commands import scrub_tokens
 from autopyfactory.credentials.health import CredentialHealth, HealthState
 from autopyfactory.credentials.x509 import RETRY_AFTER, describe_failure
 from autopyfactory.plugins.auth.token import TokenOptions
@@ -125,10 +126,11 @@ class TokenCredential(ManagedCredential):
         if printed:
             self._last_value = printed
         if not result.ok:
-            # whatever it printed may be a (partial) token: keep stdout out of the message
-            return describe_failure(
+            # whatever it printed may be a (partial) token: stdout stays out, stderr is scrubbed
+            failure = describe_failure(
                 f"refresh command {argv[0]}", result.without_stdout(), self.options.timeout
             )
+            return scrub_tokens(failure)
         if printed:
             if not looks_like_token(printed):
                 return f"refresh command {argv[0]} printed something that is not a token"
