@@ -151,6 +151,7 @@ start() {
   local cadir user_dn port
   cadir=$(ca APF_GRID_CADIR); user_dn=$(ca APF_GRID_USER_DN)
   stop_quiet
+  el "prerequisites ok"
   rm -rf "$D"
   mkdir -p "$D/log" "$D/control" "$D/session" "$D/tmp" "$BASE/vomsdir"
   chmod 755 "$D" "$D/session" "$BASE/vomsdir"
@@ -178,8 +179,13 @@ APF_ARC_MAPPED_USER=$MAPPED
 APF_ARC_BASE=$D
 APF_ARC_CONFIG=$D/arc.conf
 EOF
-  start_arex
+  el "configured"
+  # the two daemons do not depend on each other: their (slow) start scripts run side by side
+  start_arex &
+  local arex_pid=$!
   start_ws
+  wait "$arex_pid" || { echo "the A-REX job manager did not start: $(tail -5 "$D/log/start.log")" >&2; exit 1; }
+  el "A-REX job manager up"
   cat "$D/env"
 }
 
@@ -198,7 +204,8 @@ kill_jobs() {
 }
 
 stop_quiet() {
-  stop_pidfiles 5 "$D/arex-ws.pid" "$D/arex.pid"
+  # A-REX may ignore TERM for long; its state here is throwaway, so it gets 2 s
+  stop_pidfiles 2 "$D/arex-ws.pid" "$D/arex.pid"
   kill_jobs
 }
 

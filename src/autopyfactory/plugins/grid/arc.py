@@ -153,6 +153,8 @@ _warned: set[str] = set()
 def map_state(state: str | None, exit_code: int | None = None) -> PilotState | None:
     """ARC REST state -> pilot state; None for ``OTHER`` (transient: keep what we knew)."""
     word = (state or "").strip().upper()
+    if word in ("", "NONE"):
+        return None  # no information (a job being cleaned): keep what we knew
     if word in _PENDING:
         return PilotState.PENDING
     if word in _RUNNING:
