@@ -9,15 +9,18 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s (+%ss)\n' "$1" "$SECONDS"; }
 
 PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server mariadb-client openssh-server openssh-client postgresql-15 util-linux procps"
+# grid: test CA tools, VOMS server and clients, MyProxy, the ARC CE (A-REX) and its clients
+PKGS="$PKGS openssl globus-proxy-utils voms-clients voms-server voms-mysql-plugin myproxy myproxy-server"
+PKGS="$PKGS nordugrid-arc-arex nordugrid-arc-client nordugrid-arc-plugins-arcrest"
 step "Debian packages"
 missing=$(for p in $PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"; done)
 if [ -n "$missing" ]; then
   echo "installing: $missing"
   export DEBIAN_FRONTEND=noninteractive
   # shellcheck disable=SC2086
-  apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends $missing >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing >/dev/null 2>&1 || {
+    apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing >/dev/null
   }
 fi
 

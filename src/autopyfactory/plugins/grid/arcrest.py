@@ -190,6 +190,8 @@ class ArcClient:
             if self._session is not None:
                 self._session.close()
             session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=16)
+            session.mount("https://", adapter)
             session.trust_env = False  # REQUESTS_CA_BUNDLE would silently replace the CA directory
             session.cert = self.ep.proxy  # certificate, key and chain in one file
             session.verify = self.ep.cadir
