@@ -531,3 +531,32 @@ def test_renewed_voms_proxy_keeps_pilots_flowing_and_the_delegation_is_renewed(
         assert manager.gate(["pilot"]) is None
     finally:
         manager.stop()
+
+
+def test_a_queue_with_a_bad_proxy_key_does_not_stop_the_factory(tmp_path: Path) -> None:
+    """The queue cannot act and its poller says why; the factory (and other queues) start."""
+    pilot = write(tmp_path / "pilot.sh", "#!/bin/sh\n")
+    conf = factory_conf(
+        tmp_path,
+        f"""
+        [GRID]
+        enabled = True
+        wmsqueue = GRID
+        wmsstatusplugin = Sim
+        wmsstatus.sim.activated = 1
+        batchstatusplugin = ARC
+        batchsubmitplugin = ARC
+        executable = {pilot}
+        schedplugin = Ready
+        batchsubmit.arc.ce = localhost:1
+        batchsubmit.arc.proxy = undefined-profile
+        """,
+    )
+    factory = Factory(load_factory_config(str(conf)))
+    try:
+        factory.step(poll_all=True)
+        runtime = factory.queues["GRID"]
+        assert runtime.submitter is None and "undefined-profile" in (runtime.error or "")
+        assert "undefined-profile" in (runtime.batch_poller.status.error or "")
+    finally:
+        factory.shutdown()

@@ -83,6 +83,7 @@ class CredentialManager:
         self._running: set[str] = set()
         self._profile_locks = {name: threading.Lock() for name in self._creds}
         self._cond = threading.Condition()
+        self._status_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(
@@ -243,10 +244,11 @@ class CredentialManager:
             "profiles": {n: h.as_dict(now) for n, h in self.all_health().items()},
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, path)
+            with self._status_lock:  # workers report at the same time
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(json.dumps(doc, indent=1))
+                os.replace(tmp, path)
         except OSError as exc:
             log.debug("cannot write %s: %s", path, exc)
 

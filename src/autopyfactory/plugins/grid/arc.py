@@ -378,7 +378,14 @@ class ArcSubmit(BatchSubmitPlugin):
         size = self.options.maxperrequest
         for start in range(0, n, size):
             chunk = descriptions[start : start + size]
-            results = self.client.submit(xrsl.multi_job(chunk), [tags.job_name()] * len(chunk))
+            try:
+                results = self.client.submit(xrsl.multi_job(chunk), [tags.job_name()] * len(chunk))
+            except BackendError as exc:
+                if not created:
+                    raise
+                # earlier requests made pilots: they exist (tagged), so they are kept and reported
+                log.warning("queue %s: %d of %d pilots not submitted: %s", self.queue.name, n - start, n, exc)
+                break
             created += [r.job_id for r in results if r.ok and r.job_id]
             refused += [r for r in results if not (r.ok and r.job_id)]
             if not any(r.ok for r in results):
@@ -522,10 +529,13 @@ class ArcSubmit(BatchSubmitPlugin):
 class ArcStatusEndpoint:
     """What queues sharing one status poller have in common: the CE as reached with one proxy."""
 
-    ce: ArcEndpoint
+    ce: ArcEndpoint | None
     keep: float = 3600.0
+    problem: str | None = None  # a queue whose CE or proxy keys are wrong: every poll says why
 
     def __str__(self) -> str:  # the poller's label in logs and status
+        if self.ce is None:
+            return f"invalid ({self.problem})"
         return f"{self.ce.url} ({self.ce.profile})" if self.ce.profile else self.ce.url
 
 
@@ -550,14 +560,20 @@ class ArcStatus(BatchStatusPlugin):
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
         st = queue.plugin_options("batchstatus")
         keep = st.keep if isinstance(st, ArcStatusOptions) else 3600.0
-        return ArcStatusEndpoint(endpoint_of(queue, factory), keep)
+        try:
+            return ArcStatusEndpoint(endpoint_of(queue, factory), keep)
+        except PluginError as exc:
+            # the queue's submitter fails to build with the same message; the poller must not
+            # stop the factory from starting
+            return ArcStatusEndpoint(None, keep, problem=str(exc))
 
     def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
         super().__init__(endpoint, factory)
         if not isinstance(endpoint, ArcStatusEndpoint):
             raise PluginError(f"ARC status needs an ARC endpoint, got {endpoint!r}")
-        self.ep: ArcEndpoint = endpoint.ce
+        self.problem = endpoint.problem
         self.keep: float = endpoint.keep
+        self.ep: ArcEndpoint = endpoint.ce or ArcEndpoint("https://invalid:443/arex", "", "")
         self.client = client_for(self.ep, factory.state_dir)
         self._prefix = f"apf:{factory.factory_id}:"
         self._jobs: dict[str, _Job] = {}
@@ -616,6 +632,8 @@ class ArcStatus(BatchStatusPlugin):
             job.state = state
 
     def poll(self, now: float) -> BatchSnapshot:
+        if self.problem:
+            raise BackendError("arc", self.problem)
         listed = self.client.job_ids()
         unknown = [i for i in listed if i not in self._jobs]
         if unknown and self._learn(unknown, now):
