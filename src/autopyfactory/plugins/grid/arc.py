@@ -146,8 +146,6 @@ def endpoint_of(queue: QueueConfig, factory: FactoryContext) -> ArcEndpoint:
 # states (pure)
 
 UPLOADS_AT_ONCE = 8
-# a listed job whose name A-REX cannot tell us for this long is taken as someone else's
-UNIDENTIFIED_GRACE = 600.0
 _PENDING = {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING"}
 _RUNNING = {"RUNNING", "EXITINGLRMS", "EXECUTED", "FINISHING"}
 _warned: set[str] = set()
@@ -577,40 +575,24 @@ class ArcStatus(BatchStatusPlugin):
         self.client = client_for(self.ep, factory.state_dir)
         self._prefix = f"apf:{factory.factory_id}:"
         self._jobs: dict[str, _Job] = {}
-        self._unidentified: dict[str, float] = {}  # job id -> first seen without a name
 
-    def _learn(self, ids: list[str], now: float) -> int:
+    def _learn(self, ids: list[str]) -> None:
         """Name and times of jobs seen for the first time (after a restart: all of them). A-REX's
         info lacks the name of a job it has not processed yet: then the name this process gave
-        it, or the one in its stored description. Returns how many are still unidentified."""
+        it, or the one in its stored description (A-REX stores it before it answers the
+        submission, so a listed job without one is being removed)."""
         unnamed: list[str] = []
         for result in self.client.action("info", ids):
-            if result.job_id is None:
-                continue
+            if result.job_id is None or result.code == "404":
+                continue  # gone between the list and the info
             info = result.info or {}
             name = str(info.get("Name") or "") or self.client.known_name(result.job_id) or ""
-            if not name:
-                unnamed.append(result.job_id)
-                continue
-            self._identify(result.job_id, name, info)
-        left = 0
-        for job_id in unnamed:
-            name = self.client.description_name(job_id)
-            if name is not None:
-                self._identify(job_id, name, {})
-                continue
-            first = self._unidentified.setdefault(job_id, now)
-            if now - first > UNIDENTIFIED_GRACE:
-                log.warning(
-                    "%s: job %s has no name after %.0fs; taken as not ours",
-                    self.ep.label,
-                    job_id,
-                    now - first,
-                )
-                self._identify(job_id, "", {})
+            if name:
+                self._identify(result.job_id, name, info)
             else:
-                left += 1
-        return left
+                unnamed.append(result.job_id)
+        for job_id in unnamed:
+            self._identify(job_id, self.client.description_name(job_id) or "", {})
 
     def _identify(self, job_id: str, name: str, info: Mapping[str, object]) -> None:
         tags = PilotTags.parse_job_name(name) if name.startswith(self._prefix) else None
@@ -618,7 +600,6 @@ class ArcStatus(BatchStatusPlugin):
         if tags is not None:
             self._absorb_info(job, info)
         self._jobs[job_id] = job
-        self._unidentified.pop(job_id, None)
 
     def _absorb_info(self, job: _Job, info: Mapping[str, object]) -> None:
         job.submitted = _time(info.get("SubmissionTime")) or job.submitted
@@ -636,17 +617,14 @@ class ArcStatus(BatchStatusPlugin):
             raise BackendError("arc", self.problem)
         listed = self.client.job_ids()
         unknown = [i for i in listed if i not in self._jobs]
-        if unknown and self._learn(unknown, now):
-            # a job we cannot name yet may be ours (a crash right after its submission): no
-            # snapshot until it is named, so nothing is decided, or submitted twice, without it
-            left = sum(1 for i in listed if i not in self._jobs)
-            raise BackendError(self.ep.label, f"waiting for the CE to describe {left} new jobs")
+        if unknown:
+            self._learn(unknown)
         listed_set = set(listed)
         for job_id in [i for i in self._jobs if i not in listed_set]:
             del self._jobs[job_id]  # cleaned (by us) or removed by the CE
-        for job_id in [i for i in self._unidentified if i not in listed_set]:
-            del self._unidentified[job_id]
-        ours = [i for i in listed if self._jobs[i].tags is not None and not self._jobs[i].settled]
+        # a job that vanished between the list and its info is not known: it is left out
+        known = [i for i in listed if i in self._jobs]
+        ours = [i for i in known if self._jobs[i].tags is not None and not self._jobs[i].settled]
         ended: list[str] = []
         for result in self.client.action("status", ours) if ours else []:
             job = self._jobs.get(result.job_id or "")
@@ -671,7 +649,7 @@ class ArcStatus(BatchStatusPlugin):
                     job.settled = True
                     job.final_at = now
         pilots = []
-        for job_id in listed:
+        for job_id in known:
             job = self._jobs[job_id]
             if job.tags is None:
                 continue
