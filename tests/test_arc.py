@@ -325,7 +325,7 @@ def test_pilots_run_through_arex_in_slurm_and_the_counts_follow(
         assert len(jobs) == 3 and {j["name"] for j in jobs.values()} == {
             f"apf:{fid}:GRID:{store.intents(fid)[0]['id']}"
         }
-        seen_in_slurm = wait_for(lambda: slurm_jobs(arc_ce), 60, "the pilots in Slurm")
+        seen_in_slurm = wait_for(lambda: slurm_jobs(arc_ce), 120, "the pilots in Slurm")
         assert seen_in_slurm
 
         def finished() -> bool:
@@ -371,7 +371,7 @@ def test_scale_down_kills_the_pilots_and_nothing_is_left_in_slurm(
     store = Store(config.settings.database_url())
     try:
         factory.step(poll_all=True)
-        wait_for(lambda: len(slurm_jobs(arc_ce)) == 4, 60, "four pilots in Slurm")
+        wait_for(lambda: len(slurm_jobs(arc_ce)) == 4, 120, "four pilots in Slurm")
         factory.reload(load_factory_config(str(conf(0))))
 
         def all_gone() -> bool:
@@ -382,7 +382,7 @@ def test_scale_down_kills_the_pilots_and_nothing_is_left_in_slurm(
         wait_for(all_gone, 120, "the scale-down to kill every pilot", interval=1.0)
         kinds = {e["kind"] for e in store.events(fid)}
         assert kinds & {"cancel", "retire"}
-        wait_for(lambda: not ce_jobs(arc_ce, fid), 30, "the killed pilots to be cleaned on the CE")
+        wait_for(lambda: not ce_jobs(arc_ce, fid), 60, "the killed pilots to be cleaned on the CE")
     finally:
         factory.shutdown()
 
@@ -425,7 +425,7 @@ def test_ce_down_backs_off_and_recovers(
         [APF, "run", "--conf", str(conf), "--no-table", "--log", str(tmp_path / "apf.log")]
     )
     try:
-        wait_for(lambda: len(ce_jobs(arc_ce, fid)) == 2, 60, "two pilots at the CE")
+        wait_for(lambda: len(ce_jobs(arc_ce, fid)) == 2, 120, "two pilots at the CE")
         arc_control.stop()
         log = tmp_path / "apf.log"
 
@@ -445,7 +445,7 @@ def test_ce_down_backs_off_and_recovers(
             pollers = doc.get("pollers", {})
             return doc.get("time", 0) > restarted and all(v == "ok" for k, v in pollers.items() if "ARC" in k)
 
-        wait_for(recovered, 90, "the ARC poller to recover by itself")
+        wait_for(recovered, 120, "the ARC poller to recover by itself")
         wait_for(
             lambda: states(store, fid).get("running", 0) + states(store, fid).get("pending", 0) == 2,
             60,
@@ -501,7 +501,7 @@ def test_renewed_voms_proxy_keeps_pilots_flowing_and_the_delegation_is_renewed(
     manager = CredentialManager(config.auth, factory_id=fid, state_dir=tmp_path / "state")
     manager.start()
     try:
-        wait_for(lambda: manager.health("pilot").state is HealthState.OK, 30, "the first VOMS proxy")
+        wait_for(lambda: manager.health("pilot").state is HealthState.OK, 60, "the first VOMS proxy")
         queue = config.queues["GRID"]
         factory = build_factory(
             fid, auth={"pilot": ("X509", {"x509.proxyfile": str(proxy), "x509.cadir": str(grid_ca.cadir)})}
