@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.conf)
     if config is None:
         return 1
-    setup_logging("WARNING")
+    setup_logging("ERROR")  # the summary lines below say it all
     manager = CredentialManager(config.auth, factory_id=config.factory_id)
     names = args.profiles or manager.names
     unknown = [n for n in names if n not in manager.names]
