@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n== %s (+%ss)\n' "$1" "$SECONDS"; }
 
 PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server mariadb-client openssh-server openssh-client postgresql-15 util-linux procps systemd"
+# grid: test CA tools, VOMS server and clients, MyProxy, the ARC CE (A-REX) and its clients
+PKGS="$PKGS openssl globus-proxy-utils voms-clients voms-server voms-mysql-plugin myproxy myproxy-server"
+PKGS="$PKGS nordugrid-arc-arex nordugrid-arc-client nordugrid-arc-plugins-arcrest"
 # the browser tests drive Debian's Chromium with Playwright (no browser download); installed with
 # its recommended packages (fonts), as tested
 BROWSER_PKGS="chromium fonts-dejavu-core"

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+# session fixtures of further components, each in its own module
+pytest_plugins = ["tests.components_grid"]
+
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = REPO / "scripts" / "components"
 BASE_ROOT = Path(os.environ.get("APF_TEST_BASE") or f"/tmp/apf-test-{os.getpid()}")

@@ -18,4 +18,4 @@ def test_example_config_is_valid(conf: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_all_examples_are_covered() -> None:
-    assert {p.parent.name for p in EXAMPLES} >= {"demo", "hpc", "panda", "policy"}
+    assert {p.parent.name for p in EXAMPLES} >= {"demo", "hpc", "panda", "policy", "grid"}

@@ -55,6 +55,7 @@ plugin = X509
 x509.proxyfile = /tmp/x509up_apf_secret_test
 x509.flavor = myproxy
 x509.myproxy_hostname = myproxy.example.org
+x509.myproxy_username = apfpilot
 x509.myproxy_passphrase = {SECRETS["myproxy"]}
 
 [hpc]

@@ -47,10 +47,12 @@ apt_ensure() {
   local log
   log=$(mktemp /tmp/apf-apt.XXXXXX)
   # policy-rc.d on this machine stops postinst scripts from starting daemons, which is what we want
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+  # other sessions may install at the same time: wait for the dpkg lock instead of failing
+  local apt=(apt-get -o DPkg::Lock::Timeout=600)
+  if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
     # a fresh machine may have no package lists yet
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$log" 2>&1 || true
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1; then
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq >>"$log" 2>&1 || true
+    if ! DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1; then
       cat "$log" >&2
       rm -f "$log"
       echo "[$(basename "$0")] apt-get install ${missing[*]} failed" >&2

@@ -372,6 +372,9 @@ def attach_reporters(factory: Factory, *, alerts: bool = True) -> WebService:
 
     metrics = Metrics(factory.factory_id)
     factory.observers.append(metrics)
+    from autopyfactory.credentials.metrics import CredentialCollector
+
+    metrics.registry.register(CredentialCollector(factory.credential_health, time.time))
     web = WebService(factory, metrics.registry).start()
     if not alerts:
         return web

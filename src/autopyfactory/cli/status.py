@@ -28,6 +28,8 @@ from autopyfactory.cli._common import add_conf, load_or_report
 from autopyfactory.cli._daemon import daemon_path, daemon_state, read_json
 from autopyfactory.cli._store import StoreUnavailable, open_read_only
 from autopyfactory.config.models import FactoryConfig
+from autopyfactory.credentials import status_file as credentials_file
+from autopyfactory.credentials.health import format_seconds
 from autopyfactory.engine.report import status_path
 from autopyfactory.plugins.base import endpoint_label
 from autopyfactory.web.models import QueueState, QueueSummary, StatusReport
@@ -141,6 +143,10 @@ def local_report(conf: str, now: float | None = None) -> StatusReport | None:
             state_detail=detail,
             pilots_by_state=counts.get(name, {}),
         )
+    credentials: dict[str, dict[str, Any]] = {}
+    profiles = read_json(credentials_file(config.settings.state_path, config.factory_id)).get("profiles")
+    if isinstance(profiles, dict):
+        credentials = {str(k): v for k, v in profiles.items() if isinstance(v, dict)}
     metrics = engine.get("metrics") if state.running else None
     pollers = engine.get("pollers") if isinstance(engine.get("pollers"), dict) else {}
     targets = engine.get("targets") if isinstance(engine.get("targets"), dict) else {}
@@ -157,6 +163,7 @@ def local_report(conf: str, now: float | None = None) -> StatusReport | None:
         dry_run_daemon=dry_state.as_dict() if dry_state is not None and dry_state.running else None,
         store_error=store_error,
         failed_queues=failed,
+        credentials=credentials,
     )
 
 
@@ -284,3 +291,14 @@ def print_table(report: StatusReport) -> None:
         print(f"{prefix}poller {label}: {state}")
     for target, state in report.targets.items():
         print(f"{prefix}target {target}: {state}")
+    for name, c in report.credentials.items():
+        expires = c.get("expires_at")
+        left = ""
+        if isinstance(expires, int | float):
+            left = (
+                f", {format_seconds(expires - now)} left"
+                if expires > now
+                else f", expired {format_seconds(now - expires)} ago"
+            )
+        error = f": {c['error']}" if c.get("error") else ""
+        print(f"credential {name} ({c.get('kind')}): {c.get('state')}{left}{error}")

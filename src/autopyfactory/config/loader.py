@@ -49,7 +49,7 @@ from autopyfactory.plugins.base import PluginError, did_you_mean
 
 _RESERVED_QUEUE_NAMESPACES = ("globusrsl.", "nordugridrsl.")
 _FACTORY_PATH_KEYS = (
-    "queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf",
+    "queueDirConf", "authConf", "monitorConf", "mappingsConf", "baseLogDir", "policyConf", "proxyConf",
     "web.tokenfile", "web.tls.certfile", "web.tls.keyfile", "web.tls.cafile", "web.reportsdir",
 )  # fmt: skip
 # [Factory] key namespaces: an unknown key under one of them is a typo, not a variable
@@ -390,6 +390,12 @@ def load_factory_config(
     if settings.authConf and settings.authmanager_enabled:
         auth, errs = _load_auth(_split(settings.authConf), base, fetcher)
         problems.extend(errs)
+    if settings.proxyConf:
+        from autopyfactory.config.proxyconf import load_proxy_conf
+
+        legacy, errs = load_proxy_conf(_split(settings.proxyConf), base, auth)
+        problems.extend(errs)
+        auth = {**auth, **legacy}
     monitors: dict[str, MonitorSection] = {}
     if settings.monitorConf:
         monitors, errs = _load_monitors(_split(settings.monitorConf), base, fetcher)

@@ -67,10 +67,10 @@ FACTORY_RULES: tuple[tuple[re.Pattern[str], Rule], ...] = (
         ),
     ),
     (
-        re.compile(r"proxymanager\..+|proxyConf"),
+        re.compile(r"proxymanager\..+"),
         Obsolete(
-            "ProxyManager was removed in AutoPyFactory 2.4.11: put X509 profiles in auth.conf "
-            "(authConf) and name them in batchsubmit.<plugin>.proxy"
+            "ProxyManager was removed in AutoPyFactory 2.4.11: the credential manager renews the "
+            "profiles of auth.conf (authConf) and of proxy.conf (proxyConf)"
         ),
     ),
     (

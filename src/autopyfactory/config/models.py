@@ -163,6 +163,9 @@ class FactorySettings(_Keys):
         30.0, alias="authmanager.sleep", ge=1.0, le=86400.0, description="period of the credential checks"
     )
     authConf: str | None = Field(None, description="auth.conf sources (comma list)")
+    proxyConf: str | None = Field(
+        None, description="AutoPyFactory's legacy proxy.conf: read as X509 profiles, key for key"
+    )
     monitorConf: str | None = Field(None, description="monitor.conf sources (comma list)")
     mappingsConf: str | None = Field(
         None, description="AutoPyFactory's mappings.conf; the mappings are built in"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 from autopyfactory.config.models import FactoryConfig, PluginSpec, QueueConfig
+from autopyfactory.credentials.resolve import queue_profiles
 from autopyfactory.decide.base import SchedPlugin
 from autopyfactory.engine.pollers import Poller, PollResult
 from autopyfactory.engine.state import CascadeRuntime, EngineState, QueueRuntime
@@ -185,11 +186,8 @@ class Builder:
             monitor = self._monitor(section)
             if monitor is not None:
                 monitors.append(monitor)
-        credentials: tuple[str, ...] = ()
-        if submitter is not None:
-            credentials += submitter.credential_profiles()
-        if wms_poller is not None:
-            credentials += wms_poller.plugin.credential_profiles()
+        # the auth profiles its plugins' keys name (their options declare them)
+        credentials = queue_profiles(qc, self.ctx.auth_profiles)
         return QueueRuntime(
             qc,
             sched,
@@ -200,7 +198,7 @@ class Builder:
             tuple(monitors),
             demand_key,
             retire=submitter.retire_options if submitter is not None else None,
-            credentials=tuple(dict.fromkeys(credentials)),
+            credentials=credentials,
         )
 
     def _monitor(self, section: str) -> MonitorPlugin | None:

@@ -32,6 +32,8 @@ from typing import Any
 
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.config.policy import Tier
+from autopyfactory.credentials.health import CredentialHealth
+from autopyfactory.credentials.manager import CredentialManager
 from autopyfactory.engine import plan as planner
 from autopyfactory.engine.act import Actuator, CompletionHandler, Job, safe
 from autopyfactory.engine.build import Builder, close_submitter
@@ -99,7 +101,14 @@ class Factory:
             self.state, self.recorder, self.reconciler, self.observers, self._kick_poller
         )
         self.reporter = Reporter(self.state, self.recorder, self.observers, dry_run=dry_run, clock=clock)
-        self.observe = SnapshotBuilder(self.state, self.store.quota_left, credentials)
+        # the credential manager keeps every auth profile valid; the planner asks it before a
+        # queue submits (a manager of our own unless the caller gives one)
+        self.credentials: CredentialGate | None = credentials
+        self._manager: CredentialManager | None = None
+        if credentials is None and config.auth:
+            self._manager = self._credential_manager(config)
+            self.credentials = self._manager
+        self.observe = SnapshotBuilder(self.state, self.store.quota_left, self.credentials)
         self.builder = Builder(self.state, self._on_poll, self.recorder.event, self._last_intent_times)
         self.reloader = Reloader(self._reloaded)
         self._reloads: queue.SimpleQueue[ReloadResult] = queue.SimpleQueue()
@@ -164,6 +173,7 @@ class Factory:
     def step(self, now: float | None = None, poll_all: bool = False) -> list[Plan]:
         """One synchronous cycle: poll due (or all) endpoints, decide, act inline."""
         now = self.clock() if now is None else now
+        self._credentials_ready()
         # batch status first: a WMS that models pilots taking jobs reads it
         for poller in sorted(self.state.pollers.values(), key=lambda p: p.kind != "batchstatus"):
             if poll_all or poller.due(now):
@@ -284,6 +294,34 @@ class Factory:
         self._apply_completions()
         self.recorder.commit(self.clock() if now is None else now)
 
+    # -- credentials ---------------------------------------------------------------------------------
+    def credential_health(self) -> dict[str, CredentialHealth]:
+        """Every managed profile's health (any thread; empty without a manager)."""
+        return self._manager.all_health() if self._manager is not None else {}
+
+    def _credential_manager(self, config: FactoryConfig) -> CredentialManager:
+        return CredentialManager(
+            config.auth,
+            factory_id=config.factory_id,
+            state_dir=config.settings.state_path,
+            on_change=self._credential_changed,
+            clock=self.clock,
+        )
+
+    def _credential_changed(self, name: str, old: CredentialHealth | None, new: CredentialHealth) -> None:
+        """On the manager's threads: record the change (a credential event) and wake the loop."""
+        now = self.clock()
+        self.recorder.event("credential", new.summary(now))
+        if not new.usable or (old is not None and not old.usable):
+            log.warning("credential %s", new.summary(now))
+        self._wake_loop()
+
+    def _credentials_ready(self) -> None:
+        """Before a one-shot cycle: every profile's health from disk (a dead proxy stops submissions
+        even in ``apf run --once``); the daemon's manager checks and renews on its own thread."""
+        if self._manager is not None and not self._manager.started:
+            self._manager.inspect_all()
+
     # -- callbacks from other threads ----------------------------------------------------------------
     def _wake_loop(self) -> None:
         with self._wake:
@@ -317,6 +355,11 @@ class Factory:
     def start(self) -> None:
         """Start the daemon machinery (poller threads, executor)."""
         self.actuator.inline = False
+        if self._manager is not None:
+            if self.dry_run:
+                self._manager.inspect_all()  # a dry run renews nothing: it only looks
+            else:
+                self._manager.start()
         self._start_poller_threads(self.state.pollers.values())
         queues = list(self.state.queues)
         for observer in self.observers:
@@ -435,6 +478,8 @@ class Factory:
     def reload(self, config: FactoryConfig) -> None:
         """Swap in a new, already validated config; only changed queues are rebuilt."""
         before = {n: r.config.fingerprint() for n, r in self.state.queues.items()}
+        if self._manager is not None or config.auth:
+            self._replace_credential_manager(config)
         added, removed = self.builder.build(config)
         for poller in removed:
             thread = self._threads.pop(id(poller), None)
@@ -454,6 +499,22 @@ class Factory:
         )
         log.info("config reloaded: added %s, removed %s, changed %s", new, gone, changed)
 
+    def _replace_credential_manager(self, config: FactoryConfig) -> None:
+        """A reload brings its auth.conf: a new manager (starting it only reads files)."""
+        old = self._manager
+        if old is not None and dict(config.auth) == dict(self.config.auth):
+            return
+        if old is not None:
+            old.stop(timeout=1.0)
+        self._manager = self._credential_manager(config) if config.auth else None
+        self.credentials = self._manager
+        self.observe.credentials = self._manager
+        if self._manager is not None and not self.actuator.inline:
+            if self.dry_run:
+                self._manager.inspect_all()
+            else:
+                self._manager.start()
+
     # -- stopping -----------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop within a bounded time whatever a backend or the store is doing: actions still
@@ -462,6 +523,8 @@ class Factory:
             return
         self._closed = True
         self.reloader.stop()
+        if self._manager is not None:
+            self._manager.stop(timeout=1.0)  # kills renewal tools still running
         for thread in self._threads.values():
             thread.stop()
         self.executor.shutdown(wait=True, timeout=SHUTDOWN_ACTIONS_S)

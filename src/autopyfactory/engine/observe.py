@@ -35,9 +35,9 @@ QuotaReader = Callable[[Sequence["Tier"], float], dict[str, int | None]]
 
 
 class CredentialGate(Protocol):
-    """What the engine asks the credential manager before a queue acts."""
+    """What the engine asks the credential manager before a queue acts (any thread may ask)."""
 
-    def blocked(self, profiles: Sequence[str]) -> str | None:
+    def gate(self, profile_names: Iterable[str], now: float | None = None) -> str | None:
         """Why a queue using these profiles must not submit now (expired, failing), or None."""
         ...
 
@@ -166,7 +166,7 @@ class SnapshotBuilder:
             blocked = targets_blocked.get(rt.submitter.target())
         credential = None
         if rt.credentials and self.credentials is not None:
-            credential = self.credentials.blocked(rt.credentials)
+            credential = self.credentials.gate(rt.credentials, now)
         return QueueObservation(
             demand, supply, pilots, factory_active, _history(rt, pilots, now), blocked, credential
         )

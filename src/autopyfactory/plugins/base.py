@@ -108,11 +108,6 @@ class StatusPlugin(Plugin):
         off), for status displays; None when there is nothing to say."""
         return None
 
-    def credential_profiles(self) -> tuple[str, ...]:
-        """Names of the auth profiles this endpoint authenticates with (the credential manager
-        keeps them valid; a queue whose credential is dead submits nothing)."""
-        return ()
-
 
 class WmsStatusPlugin(StatusPlugin):
     """Observes demand. One instance per endpoint, shared by every queue that uses it."""
@@ -189,11 +184,6 @@ class BatchSubmitPlugin(Plugin):
     def target(self) -> str:
         """The resource this queue acts on; actions on one target run one at a time."""
         return self.name
-
-    def credential_profiles(self) -> tuple[str, ...]:
-        """Names of the auth profiles this queue's submissions use (a queue whose credential is
-        expired or failing submits nothing and says why)."""
-        return ()
 
     def submit(self, n: int, tags: PilotTags, now: float) -> Sequence[Pilot]:
         """Submit n pilots, every one carrying ``tags``. Return what was created."""

@@ -327,7 +327,7 @@ class EngineView:
             return QueueState.BACKOFF, f"cascade tier backed off until {_iso(tier_backoff[rt.name])}"
         if rt.credentials:
             gate = self._factory.observe.credentials  # the credential manager, when one is attached
-            blocked = gate.blocked(rt.credentials) if gate is not None else None
+            blocked = gate.gate(rt.credentials) if gate is not None else None
             if blocked:
                 return QueueState.CREDENTIAL, blocked
             for name in rt.credentials:

@@ -114,6 +114,8 @@ class StatusReport(_Record):
     dry_run_daemon: dict[str, Any] | None = None
     store_error: str | None = None
     failed_queues: dict[str, str] = Field(default_factory=dict)
+    # auth profiles' health as the credential manager last wrote it (no secret in it)
+    credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class Series(_Record):

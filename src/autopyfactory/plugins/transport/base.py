@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import Field
 
@@ -143,3 +144,7 @@ class RemoteOptions(PluginOptions):
         None, "SSH", description="SSH profile in auth.conf (key and known_hosts); needed with host"
     )
     timeout: float = Field(60.0, gt=0, le=3600, description="seconds one command may take")
+
+    def credential_profiles(self, profiles: Mapping[str, Any]) -> tuple[str, ...]:
+        """The SSH profile the commands run with (for the credential gate)."""
+        return (self.authprofile,) if self.host and self.authprofile else ()

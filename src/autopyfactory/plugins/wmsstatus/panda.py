@@ -41,6 +41,7 @@ from pydantic import Field, field_validator, model_validator
 
 from autopyfactory import __version__
 from autopyfactory.config.bounds import SECONDS_MAX
+from autopyfactory.credentials import resolve
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import (
     BackendError,
@@ -54,7 +55,7 @@ from autopyfactory.plugins.wmsstatus.panda_legacy import UnsafePickle, safe_load
 from autopyfactory.redact import redact
 
 if TYPE_CHECKING:
-    from autopyfactory.config.models import QueueConfig
+    from autopyfactory.config.models import AuthProfile, QueueConfig
 
 log = logging.getLogger("autopyfactory.wmsstatus.panda")
 
@@ -134,6 +135,10 @@ class PandaOptions(PluginOptions):
     )
     prodsourcelabels: str | None = Field(None, description="count only these labels (comma list)")
     resourcetypes: str | None = Field(None, description="count only these resource types (comma list)")
+
+    def credential_profiles(self, profiles: Mapping[str, AuthProfile]) -> tuple[str, ...]:
+        """The X509 or Token profile the poller authenticates with (for the credential gate)."""
+        return (self.auth,) if self.auth else ()
 
     @field_validator("url")
     @classmethod
@@ -459,7 +464,11 @@ class Panda(WmsStatusPlugin):
         return ctx
 
     def _proxy_path(self) -> str:
-        return str(Path(self._auth_options.proxyfile).expanduser())
+        # the file the credential manager keeps fresh; reloaded when it changes (see _get_opener)
+        assert self.ep.auth is not None
+        path = resolve.proxy_file(self.ep.auth, self.factory.auth_profiles, where=self.where)
+        assert path is not None
+        return path
 
     def _get_opener(self) -> urllib.request.OpenerDirector:
         stamp = None
@@ -485,13 +494,12 @@ class Panda(WmsStatusPlugin):
             "Connection": "close",
         }
         if self._auth_kind == "Token":
-            from autopyfactory.plugins.auth.token import Token
-
+            assert self.ep.auth is not None
             try:
-                token = Token.read(self._auth_options)
-            except (OSError, ValueError) as exc:
+                token = resolve.bearer_token(self.ep.auth, self.factory.auth_profiles, where=self.where)
+            except ValueError as exc:
                 # the messages name the file, never the token
-                raise BackendError(self.where, f"auth profile {self.ep.auth!r}: {exc}") from None
+                raise BackendError(self.where, str(exc)) from None
             headers["Authorization"] = f"Bearer {token}"
             if self._auth_options.origin:
                 headers["Origin"] = self._auth_options.origin

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
+from autopyfactory.credentials import resolve
 from autopyfactory.model import Pilot, PilotState, PilotTags
 from autopyfactory.plugins.base import (
     BackendError,
@@ -43,7 +44,7 @@ from autopyfactory.plugins.keys import HTCONDOR, NeedsModules, auth_field
 if TYPE_CHECKING:
     import htcondor2
 
-    from autopyfactory.config.models import QueueConfig
+    from autopyfactory.config.models import AuthProfile, QueueConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class CondorBaseOptions(SubmitOptions):
     collectorhost: str | None = Field(None, description="collector (pool) that locates the remote schedd")
     collectorport: int | None = Field(None, description="the collector's port when not in collectorhost")
     submitargs: str | None = Field(None, description="APF 2.4: '-remote <schedd>' / '-name' / '-pool'")
+
+    def credential_profiles(self, profiles: Mapping[str, AuthProfile]) -> tuple[str, ...]:
+        """The X509 profile this queue's pilots carry (for the credential gate)."""
+        name = resolve.proxy_profile(self.proxy, profiles, where="proxy")
+        return (name,) if name else ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,20 +246,12 @@ class CondorBase(NeedsModules, BatchSubmitPlugin):
 
     def resolve_proxy(self) -> str | None:
         """APF: ``proxy = a, b``: the first listed profile that is a defined X509 profile wins;
-        ``None`` (or unset) means no proxy; ``proxyfile`` is an explicit path."""
-        names = [n.strip() for n in (self.options.proxy or "").split(",") if n.strip()]
-        names = [n for n in names if n not in ("None", "none")]
-        if not names:
-            return self.options.proxyfile
-        for name in names:
-            profile = self.factory.auth_profiles.get(name)
-            if profile is not None and profile.plugin == "X509":
-                return str(Path(profile.options.proxyfile).expanduser())
-        defined = ", ".join(sorted(self.factory.auth_profiles)) or "none"
-        raise PluginError(
-            f"[{self.queue.name}] {self.key('proxy')}: none of {', '.join(map(repr, names))} is an X509 "
-            f"profile defined in auth.conf (defined: {defined})"
+        ``None`` (or unset) means no proxy; ``proxyfile`` is an explicit path. The file is the one
+        the credential manager keeps fresh (``credentials.resolve``, shared by every plugin)."""
+        path = resolve.proxy_file(
+            self.options.proxy, self.factory.auth_profiles, where=f"[{self.queue.name}] {self.key('proxy')}"
         )
+        return path if path is not None else self.options.proxyfile
 
     # ---- the description -------------------------------------------------------------------
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, SecretStr
 
 from autopyfactory.plugins.base import PluginError, PluginOptions
 from autopyfactory.plugins.batch.condor.base import CondorBase, CondorBaseOptions, profile_options
 from autopyfactory.plugins.keys import auth_field
+
+if TYPE_CHECKING:
+    from autopyfactory.config.models import AuthProfile
 
 BatchType = Literal["slurm", "pbs", "lsf", "sge", "condor"]
 
@@ -30,6 +34,9 @@ class CondorSSHOptions(CondorBaseOptions):
     user: str = Field(..., description="the remote account")
     port: int | None = Field(None, description="accepted for APF compatibility; unused (as in APF)")
     authprofile: str = auth_field(..., "SSH", description="SSH auth profile holding the private key")
+
+    def credential_profiles(self, profiles: Mapping[str, AuthProfile]) -> tuple[str, ...]:
+        return (*super().credential_profiles(profiles), self.authprofile)
 
 
 def write_secret_file(path: Path, secret: SecretStr) -> Path:
