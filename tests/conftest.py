@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+# the cloud components (moto with faults, the OpenStack stub, Slurm with FUTURE slots, vmboot)
+pytest_plugins = ["tests.components_cloud"]
+
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = REPO / "scripts" / "components"
 BASE_ROOT = Path(os.environ.get("APF_TEST_BASE") or f"/tmp/apf-test-{os.getpid()}")

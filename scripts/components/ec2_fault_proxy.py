@@ -6,8 +6,8 @@ usage: python ec2_fault_proxy.py LISTEN_PORT UPSTREAM_URL
 Control (JSON over HTTP, not EC2):
   POST   /_fault  {"action": "RunInstances", "code": "InsufficientInstanceCapacity", "status": 500,
                    "times": 1, "message": "..."}     times -1 = until cleared
-  GET    /_fault  the armed faults and how many requests each one answered ("hits")
-  DELETE /_fault  clear every fault
+  GET    /_fault  the armed faults, how many requests each answered ("hits"), requests by action
+  DELETE /_fault  clear every fault and the counts
 Everything else is forwarded unchanged. Real EC2 sends InsufficientInstanceCapacity as HTTP 500
 (botocore retries it unless told not to) and limit errors as HTTP 400, in this envelope.
 """
@@ -41,9 +41,11 @@ class Faults:
         self.lock = threading.Lock()
         self.armed: dict[str, dict[str, Any]] = {}
         self.hits: dict[str, int] = {}
+        self.requests: dict[str, int] = {}  # every request by action, faulted or forwarded
 
     def take(self, action: str) -> dict[str, Any] | None:
         with self.lock:
+            self.requests[action] = self.requests.get(action, 0) + 1
             fault = self.armed.get(action)
             if fault is None or fault.get("times", -1) == 0:
                 return None
@@ -72,7 +74,8 @@ def make_handler(upstream: str, faults: Faults) -> type[BaseHTTPRequestHandler]:
                 elif self.command == "DELETE":
                     faults.armed.clear()
                     faults.hits.clear()
-                state = {"armed": faults.armed, "hits": faults.hits}
+                    faults.requests.clear()
+                state = {"armed": faults.armed, "hits": faults.hits, "requests": faults.requests}
             self.send(200, json.dumps(state).encode(), "application/json")
 
         def handle_any(self) -> None:
