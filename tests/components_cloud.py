@@ -84,11 +84,19 @@ class EC2Server:
         """moto_ec2.py's knobs: boot_seconds, instance_limit (None restores the default)."""
         return _http("POST", f"{self.url}/_apf/control", settings)
 
-    def interrupt(self, ids: list[str], code: str = "Server.SpotInstanceTermination", action: str = "terminate") -> list[str]:
-        return _http("POST", f"{self.url}/_apf/interrupt", {"ids": ids, "code": code, "action": action})["interrupted"]
+    def interrupt(
+        self, ids: list[str], code: str = "Server.SpotInstanceTermination", action: str = "terminate"
+    ) -> list[str]:
+        return _http("POST", f"{self.url}/_apf/interrupt", {"ids": ids, "code": code, "action": action})[
+            "interrupted"
+        ]
 
     def fault(self, action: str, code: str, status: int = 500, times: int = -1) -> None:
-        _http("POST", f"{self.proxy_url}/_fault", {"action": action, "code": code, "status": status, "times": times})
+        _http(
+            "POST",
+            f"{self.proxy_url}/_fault",
+            {"action": action, "code": code, "status": status, "times": times},
+        )
 
     def fault_hits(self) -> dict[str, int]:
         """Requests answered with an injected fault, by action."""
@@ -110,7 +118,10 @@ class EC2Server:
         return self._image
 
     def instances(self, region: str | None = None, **filters: str) -> list[dict[str, Any]]:
-        flt = [{"Name": k.replace("_", ":", 1) if k.startswith("tag_") else k, "Values": [v]} for k, v in filters.items()]
+        flt = [
+            {"Name": k.replace("_", ":", 1) if k.startswith("tag_") else k, "Values": [v]}
+            for k, v in filters.items()
+        ]
         pages = self.client(region=region).get_paginator("describe_instances").paginate(Filters=flt)
         return [i for p in pages for r in p["Reservations"] for i in r["Instances"]]
 
@@ -160,10 +171,16 @@ class OpenStackStub:
 
 @pytest.fixture(scope="session")
 def openstack_stub() -> Iterator[OpenStackStub]:
-    script = _Script("openstack-stub", COMPONENTS / "openstack-stub.sh", {"APF_OPENSTACK_BASE": str(BASE_ROOT / "openstack")})
+    script = _Script(
+        "openstack-stub",
+        COMPONENTS / "openstack-stub.sh",
+        {"APF_OPENSTACK_BASE": str(BASE_ROOT / "openstack")},
+    )
     info = script.start()
     try:
-        yield OpenStackStub(info["APF_OPENSTACK_URL"], Path(info["APF_OPENSTACK_CLOUDS"]), info["APF_OPENSTACK_CLOUD"])
+        yield OpenStackStub(
+            info["APF_OPENSTACK_URL"], Path(info["APF_OPENSTACK_CLOUDS"]), info["APF_OPENSTACK_CLOUD"]
+        )
     finally:
         script.stop()
 
@@ -273,4 +290,3 @@ def vmboot(ec2: EC2Server, slurm_cloud: CloudPool, tmp_path: Path) -> Iterator[V
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         slurm_cloud.reset_slots()
-

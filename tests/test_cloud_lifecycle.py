@@ -10,8 +10,6 @@ import pytest
 from autopyfactory.model import PilotState, PilotTags
 from autopyfactory.plugins.cloud import lifecycle as lc
 from autopyfactory.plugins.cloud.lifecycle import (
-    ActionKind,
-    EndReason,
     Instance,
     NodeState,
     PoolNode,
@@ -31,8 +29,16 @@ TAGS = {lc.TAG_FACTORY: "f1", lc.TAG_QUEUE: "Q", lc.TAG_INTENT: "abc123"}
 POOLED = VmPolicy(pooled=True, provisioning_deadline=600, retire_grace=3600)
 
 
-def vm(iid: str = "i-1", state: VmState = VmState.RUNNING, launched: float = 1000.0, reason: str = "", **tags: str) -> Instance:
-    return Instance(iid, state, {**TAGS, **{k.replace("_", ":"): v for k, v in tags.items()}}, launched, reason)
+def vm(
+    iid: str = "i-1",
+    state: VmState = VmState.RUNNING,
+    launched: float = 1000.0,
+    reason: str = "",
+    **tags: str,
+) -> Instance:
+    return Instance(
+        iid, state, {**TAGS, **{k.replace("_", ":"): v for k, v in tags.items()}}, launched, reason
+    )
 
 
 def node(state: NodeState, iid: str = "i-1", name: str = "f1") -> PoolNode:
@@ -54,13 +60,33 @@ def node(state: NodeState, iid: str = "i-1", name: str = "f1") -> PoolNode:
         (vm(), node(NodeState.DRAINING), True, PilotState.RETIRING),  # drained by someone: retiring
         (vm(apf_retire="1500"), node(NodeState.BUSY), True, PilotState.RETIRING),
         (vm(apf_retire="1500"), None, False, PilotState.RETIRING),
-        (vm(apf_end="retired"), node(NodeState.DRAINED), True, PilotState.RETIRING),  # terminate not taken yet
+        (
+            vm(apf_end="retired"),
+            node(NodeState.DRAINED),
+            True,
+            PilotState.RETIRING,
+        ),  # terminate not taken yet
         (vm(state=VmState.TERMINATED, apf_end="retired"), None, True, PilotState.DONE),
         (vm(state=VmState.TERMINATED, apf_end="cancelled"), None, True, PilotState.CANCELLED),
         (vm(state=VmState.TERMINATED, apf_end="provisioning-deadline"), None, True, PilotState.FAILED),
-        (vm(state=VmState.TERMINATED, reason="Server.SpotInstanceTermination"), None, True, PilotState.FAILED),
-        (vm(state=VmState.STOPPED, reason="Server.InsufficientInstanceCapacity"), None, False, PilotState.FAILED),
-        (vm(state=VmState.TERMINATED, reason="Client.InstanceInitiatedShutdown"), None, False, PilotState.DONE),
+        (
+            vm(state=VmState.TERMINATED, reason="Server.SpotInstanceTermination"),
+            None,
+            True,
+            PilotState.FAILED,
+        ),
+        (
+            vm(state=VmState.STOPPED, reason="Server.InsufficientInstanceCapacity"),
+            None,
+            False,
+            PilotState.FAILED,
+        ),
+        (
+            vm(state=VmState.TERMINATED, reason="Client.InstanceInitiatedShutdown"),
+            None,
+            False,
+            PilotState.DONE,
+        ),
         (vm(state=VmState.ERROR, reason="No valid host was found."), None, True, PilotState.FAILED),
         (vm(state=VmState.UNKNOWN), None, True, PilotState.UNKNOWN),
     ],
@@ -111,7 +137,9 @@ def test_never_joined_vm_is_terminated_after_the_deadline_only() -> None:
     nopool = VmPolicy(pooled=False, provisioning_deadline=600, retire_grace=3600)
     assert lc.plan_vm_actions(insts, {}, nopool, now=1000.0) == []
     pending = [vm("i-p", state=VmState.PENDING, launched=100.0)]
-    assert kinds(lc.plan_vm_actions(pending, {}, nopool, now=1000.0)) == [("terminate", "i-p", "provisioning-deadline")]
+    assert kinds(lc.plan_vm_actions(pending, {}, nopool, now=1000.0)) == [
+        ("terminate", "i-p", "provisioning-deadline")
+    ]
     # no deadline configured: never
     assert lc.plan_vm_actions(insts, {}, VmPolicy(True, None, 3600), now=1e9) == []
 
@@ -170,7 +198,9 @@ def test_leaks_adopt_known_queues_and_terminate_the_rest_after_the_grace() -> No
     mine = vm("i-known")
     inflight = vm("i-inflight", **{"apf:intent": "open1"})
     adoptable = vm("i-adopt")
-    orphan = Instance("i-orphan", VmState.RUNNING, {lc.TAG_FACTORY: "f1", lc.TAG_QUEUE: "GONE", lc.TAG_INTENT: "x"})
+    orphan = Instance(
+        "i-orphan", VmState.RUNNING, {lc.TAG_FACTORY: "f1", lc.TAG_QUEUE: "GONE", lc.TAG_INTENT: "x"}
+    )
     untagged_queue = Instance("i-noqueue", VmState.PENDING, {lc.TAG_FACTORY: "f1"})
     dead = vm("i-dead", state=VmState.TERMINATED, **{"apf:queue": "GONE"})
     insts = [mine, inflight, adoptable, orphan, untagged_queue, dead]
@@ -246,7 +276,9 @@ def test_slurm_node_states(base: str, flags: list[str], expected: NodeState | No
 def test_sinfo_json_and_scontrol_from_slurm_22_05_agree() -> None:
     ids = ["i-0aaa1111bbbb2222c", "i-0ddd3333eeee4444f", "i-0fff5555aaaa6666b", "i-0unknown"]
     from_json = match_nodes(parse_sinfo_json((DATA / "sinfo-22.05.json").read_text()), ids)
-    from_scontrol = match_nodes(parse_scontrol_nodes((DATA / "scontrol-show-node-22.05.txt").read_text()), ids)
+    from_scontrol = match_nodes(
+        parse_scontrol_nodes((DATA / "scontrol-show-node-22.05.txt").read_text()), ids
+    )
     expected = {
         "i-0aaa1111bbbb2222c": ("f1", NodeState.IDLE),  # Comment and Extra (JSON)
         "i-0ddd3333eeee4444f": ("f2", NodeState.DRAINING),  # free text Comment, a job still running
@@ -261,7 +293,9 @@ def test_sinfo_json_and_scontrol_from_slurm_22_05_agree() -> None:
 
 def test_sinfo_json_of_later_slurm_with_state_lists() -> None:
     text = '{"nodes": [{"name": "c1", "state": ["IDLE", "DRAIN"], "comment": "i-1", "extra": "", "features": ""}]}'
-    assert match_nodes(parse_sinfo_json(text), ["i-1"]) == {"i-1": PoolNode("c1", "i-1", NodeState.DRAINED, "IDLE+DRAIN")}
+    assert match_nodes(parse_sinfo_json(text), ["i-1"]) == {
+        "i-1": PoolNode("c1", "i-1", NodeState.DRAINED, "IDLE+DRAIN")
+    }
 
 
 def test_a_node_advertising_two_wanted_ids_matches_neither() -> None:
@@ -270,6 +304,8 @@ def test_a_node_advertising_two_wanted_ids_matches_neither() -> None:
 
 
 def test_scontrol_fields_keep_values_with_spaces() -> None:
-    fields = parse_scontrol_fields("NodeName=f2 OS=Linux 6.1 #1 SMP State=IDLE+DRAIN Reason=apf retire [root@2024] Comment=a b")
+    fields = parse_scontrol_fields(
+        "NodeName=f2 OS=Linux 6.1 #1 SMP State=IDLE+DRAIN Reason=apf retire [root@2024] Comment=a b"
+    )
     assert fields["OS"] == "Linux 6.1 #1 SMP" and fields["Reason"] == "apf retire [root@2024]"
     assert fields["Comment"] == "a b" and fields["State"] == "IDLE+DRAIN"
