@@ -159,11 +159,16 @@ class OpenStackStub:
         _http("POST", f"{self.url}/_reset", {"max_instances": max_instances, "boot_seconds": boot_seconds})
 
     def fault(self, **fault: Any) -> None:
-        """e.g. fault(create="quota", times=1); create: quota, overlimit, 500, novalidhost; list: 500."""
+        """e.g. fault(create="quota", times=1); create: quota, overlimit, 500, novalidhost; list: 500;
+        auth: 401."""
         _http("POST", f"{self.url}/_fault", fault)
 
     def servers(self) -> list[dict[str, Any]]:
         return _http("GET", f"{self.url}/_servers")["servers"]
+
+    def requests(self) -> list[str]:
+        """``METHOD /path`` of every request since the last reset."""
+        return _http("GET", f"{self.url}/_servers")["requests"]
 
     def set_server(self, server_id: str, **change: Any) -> None:
         _http("POST", f"{self.url}/_servers/{server_id}", change)

@@ -16,8 +16,9 @@ usage: python openstack_stub.py PORT [--boot-seconds S] [--max-instances N]
   GET  /compute/v2.1/flavors[/detail|/ID], /image/v2/images[/ID]
 
 Control (not OpenStack):
-  POST /_fault {"create": "quota"|"overlimit"|"500"|"novalidhost", "list": "500", "times": N}
-  DELETE /_fault;  POST /_reset [{"max_instances": N, "boot_seconds": S}];  GET /_servers (raw list);
+  POST /_fault {"create": "quota"|"overlimit"|"500"|"novalidhost", "list": "500", "auth": "401", "times": N}
+  DELETE /_fault;  POST /_reset [{"max_instances": N, "boot_seconds": S}];
+  GET /_servers (every server, raw, and the requests served since the reset)
   POST /_servers/ID {"status": "ERROR"|"SHUTOFF"|..., "fault": "message"}  (the provider acts)
 Servers go BUILD -> ACTIVE after --boot-seconds.
 """
@@ -33,7 +34,7 @@ import uuid
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 FLAVORS = [
     {"id": "1", "name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20, "links": []},
@@ -128,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
         p, q = u.path.rstrip("/"), parse_qs(u.query)
         with c.lock:
             c.requests.append(f"GET {p}")
+            if "-v" in sys.argv:
+                sys.stderr.write(f"GET {self.path}\n")
         if p in ("", "/v3"):
             v3 = {
                 "id": "v3.14",
@@ -154,7 +157,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"versions": [v]})
         if p == "/_servers":
             with c.lock:
-                return self.reply(200, {"servers": [c.view(s) for s in c.servers.values()]})
+                return self.reply(200, {"servers": [c.view(s) for s in c.servers.values()], "requests": c.requests})
         if p in ("/compute/v2.1/flavors", "/compute/v2.1/flavors/detail"):
             return self.reply(200, {"flavors": FLAVORS})
         m = re.fullmatch(r"/compute/v2.1/flavors/([^/]+)", p)
@@ -203,10 +206,8 @@ class Handler(BaseHTTPRequestHandler):
         if "limit" in q and len(servers) > int(q["limit"][0]):
             limit = int(q["limit"][0])
             out["servers"] = servers = servers[:limit]
-            query = "&".join(f"{k}={v[0]}" for k, v in q.items() if k not in ("marker",))
-            out["servers_links"] = [
-                {"rel": "next", "href": f"{c.nova}/servers/detail?{query}&marker={servers[-1]['id']}"}
-            ]
+            query = urlencode({**{k: v[0] for k, v in q.items()}, "marker": servers[-1]["id"]})
+            out["servers_links"] = [{"rel": "next", "href": f"{c.nova}/servers/detail?{query}"}]
         self.reply(200, out)
 
     # -- POST/PUT ------------------------------------------------------------------------------
@@ -217,6 +218,11 @@ class Handler(BaseHTTPRequestHandler):
         with c.lock:
             c.requests.append(f"{self.command} {p}")
         if p.endswith("/auth/tokens"):
+            with c.lock:
+                refused = c.take_fault("auth") == "401"
+            if refused:
+                return self.reply(401, {"error": {"code": 401, "title": "Unauthorized",
+                                                  "message": "The request you have made requires authentication."}})  # fmt: skip
             return self.token(b)
         if p == "/_fault":
             with c.lock:

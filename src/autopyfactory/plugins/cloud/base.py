@@ -177,11 +177,31 @@ class QueueView:
 
 
 class ViewBoard:
-    """(status endpoint, queue) -> the latest view; one writer (the poller), many readers."""
+    """(status endpoint, queue) -> the latest view; one writer (the poller), many readers. Also
+    why the factory terminated each VM, for clouds that forget deleted VMs before a poll sees
+    the ``apf:end`` tag (OpenStack)."""
+
+    ENDED_KEEP = 86400.0  # seconds a termination reason is remembered
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._views: dict[tuple[Hashable, str], QueueView] = {}
+        self._ended: dict[tuple[Hashable, str], tuple[str, float]] = {}
+
+    def note_ended(self, endpoint: Hashable | None, ids: Sequence[str], reason: str) -> None:
+        if endpoint is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, (_, t) in self._ended.items() if now - t > self.ENDED_KEEP]:
+                del self._ended[key]
+            for iid in ids:
+                self._ended[(endpoint, iid)] = (str(reason), now)
+
+    def ended(self, endpoint: Hashable, instance_id: str) -> str | None:
+        with self._lock:
+            found = self._ended.get((endpoint, instance_id))
+        return found[0] if found else None
 
     def publish(self, endpoint: Hashable, views: Mapping[str, QueueView]) -> None:
         with self._lock:
@@ -198,6 +218,8 @@ class ViewBoard:
         with self._lock:
             for key in [k for k in self._views if k[0] == endpoint]:
                 del self._views[key]
+            for key in [k for k in self._ended if k[0] == endpoint]:
+                del self._ended[key]
 
 
 VIEWS = ViewBoard()
@@ -315,9 +337,17 @@ class CloudSubmit(BatchSubmitPlugin):
             for i in created
         ]
 
+    def status_key(self) -> Hashable | None:
+        """The endpoint key of the status poll that lists this queue's VMs."""
+        return self.status_plugin.endpoint(self.queue, self.factory) if self.status_plugin is not None else None
+
+    def terminate(self, ids: Sequence[str], reason: str) -> None:
+        self.api.terminate(list(ids), reason)
+        VIEWS.note_ended(self.status_key(), ids, reason)
+
     def cancel(self, backend_ids: Sequence[str]) -> None:
         if backend_ids:
-            self.api.terminate(list(backend_ids), EndReason.CANCELLED)
+            self.terminate(list(backend_ids), EndReason.CANCELLED)
             log.info("queue %s: terminated %d VMs that had not joined", self.queue.name, len(backend_ids))
 
     def retire(self, backend_ids: Sequence[str], kill: bool = False) -> None:
@@ -325,7 +355,7 @@ class CloudSubmit(BatchSubmitPlugin):
         if not ids:
             return
         if kill:
-            self.api.terminate(ids, EndReason.KILLED)
+            self.terminate(ids, EndReason.KILLED)
             log.info("queue %s: terminated %d running VMs (kill)", self.queue.name, len(ids))
             return
         self.api.mark_retiring(ids, time.time())
@@ -343,8 +373,9 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def view(self, now: float) -> QueueView | None:
         """The latest status view of this queue, or our own listing when no status poll shares it."""
-        if self.status_plugin is not None:
-            view = VIEWS.latest(self.status_plugin.endpoint(self.queue, self.factory), self.queue.name)
+        key = self.status_key()
+        if key is not None:
+            view = VIEWS.latest(key, self.queue.name)
             if view is not None:
                 return view
         instances = self.api.instances(self.factory.factory_id, self.queue.name)
@@ -369,7 +400,7 @@ class CloudSubmit(BatchSubmitPlugin):
                 by_reason.setdefault(a.reason, []).append(a.instance_id)
         for reason, ids in sorted(by_reason.items()):
             try:
-                self.api.terminate(ids, reason)
+                self.terminate(ids, reason)
                 level = (
                     logging.WARNING
                     if reason in (EndReason.DEADLINE, EndReason.RETIRE_GRACE)
@@ -487,9 +518,7 @@ class CloudStatus(BatchStatusPlugin):
         # reported terminated, with its last tags, until ``keep`` runs out
         for iid, last in self._last.items():
             if iid not in current:
-                current[iid] = (
-                    last if last.state is VmState.TERMINATED else replace(last, state=VmState.TERMINATED)
-                )
+                current[iid] = last if last.state is VmState.TERMINATED else self._vanished(last)
         instances = list(current.values())
         with self._lock:
             queue_pool = dict(self._queue_pool)
@@ -549,6 +578,14 @@ class CloudStatus(BatchStatusPlugin):
         VIEWS.publish(self.endpoint_key, views)
         return BatchSnapshot(now, tuple(pilots))
 
+    def _vanished(self, last: Instance) -> Instance:
+        """A VM no longer listed: terminated, with the reason we terminated it for if we did."""
+        end = last.end or VIEWS.ended(self.endpoint_key, last.id)
+        if end is None and last.state is VmState.ERROR:
+            end = EndReason.ERROR
+        tags = {**last.tags, lc.TAG_END: end} if end else last.tags
+        return replace(last, state=VmState.TERMINATED, tags=tags)
+
     def take_interruptions(self) -> list[Interruption]:
         """Interruptions seen since the last call (for events and the interruption metric)."""
         with self._lock:
@@ -588,6 +625,7 @@ class CloudStatus(BatchStatusPlugin):
         """Terminate instances at this endpoint (leaks); runs on an action thread."""
         if ids:
             self.api.terminate(list(ids), reason)
+            VIEWS.note_ended(self.endpoint_key, ids, reason)
             log.warning("%s: terminated %d leaked VMs: %s", self.label, len(ids), ", ".join(ids))
 
     def close(self) -> None:

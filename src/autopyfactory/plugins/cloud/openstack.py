@@ -300,13 +300,17 @@ class OpenStackApi:
         self._each("delete server", ids, lambda c, sid: c.compute.delete_server(sid, ignore_missing=True))
 
     def resolve(self, flavor: str, image: str) -> tuple[str, str]:
+        from openstack import exceptions as osx
+
         def run(c: Any) -> tuple[str, str]:
-            f = c.compute.find_flavor(flavor, ignore_missing=True)
-            if f is None:
-                raise BackendError(self.label, f"flavor {flavor!r} not found")
-            i = c.image.find_image(image, ignore_missing=True)
-            if i is None:
-                raise BackendError(self.label, f"image {image!r} not found")
+            try:
+                f = c.compute.find_flavor(flavor, ignore_missing=False)
+            except osx.NotFoundException:
+                raise BackendError(self.label, f"flavor {flavor!r} not found") from None
+            try:
+                i = c.image.find_image(image, ignore_missing=False)
+            except osx.NotFoundException:
+                raise BackendError(self.label, f"image {image!r} not found") from None
             return str(f.id), str(i.id)
 
         return self.call("find flavor and image", run)
