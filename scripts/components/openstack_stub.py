@@ -157,7 +157,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"versions": [v]})
         if p == "/_servers":
             with c.lock:
-                return self.reply(200, {"servers": [c.view(s) for s in c.servers.values()], "requests": c.requests})
+                return self.reply(
+                    200, {"servers": [c.view(s) for s in c.servers.values()], "requests": c.requests}
+                )
         if p in ("/compute/v2.1/flavors", "/compute/v2.1/flavors/detail"):
             return self.reply(200, {"flavors": FLAVORS})
         m = re.fullmatch(r"/compute/v2.1/flavors/([^/]+)", p)

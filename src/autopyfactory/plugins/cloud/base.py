@@ -339,7 +339,9 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def status_key(self) -> Hashable | None:
         """The endpoint key of the status poll that lists this queue's VMs."""
-        return self.status_plugin.endpoint(self.queue, self.factory) if self.status_plugin is not None else None
+        return (
+            self.status_plugin.endpoint(self.queue, self.factory) if self.status_plugin is not None else None
+        )
 
     def terminate(self, ids: Sequence[str], reason: str) -> None:
         self.api.terminate(list(ids), reason)
