@@ -98,6 +98,9 @@ class EC2Server:
             {"action": action, "code": code, "status": status, "times": times},
         )
 
+    def clear_faults(self) -> None:
+        _http("DELETE", f"{self.proxy_url}/_fault")
+
     def fault_hits(self) -> dict[str, int]:
         """Requests answered with an injected fault, by action."""
         return _http("GET", f"{self.proxy_url}/_fault")["hits"]

@@ -168,7 +168,7 @@ def test_retiring_without_a_pool_waits_for_the_grace() -> None:
     nopool = VmPolicy(pooled=False, provisioning_deadline=None, retire_grace=600)
     r = vm(apf_retire="1000")
     assert lc.plan_vm_actions([r], {}, nopool, now=1500.0) == []
-    assert kinds(lc.plan_vm_actions([r], {}, nopool, now=1600.0)) == [("terminate", "i-1", "retire-grace")]
+    assert kinds(lc.plan_vm_actions([r], {}, nopool, now=1600.0)) == [("terminate", "i-1", "retired")]
 
 
 def test_stopped_error_and_unfinished_terminations_are_terminated_and_nodes_released() -> None:

@@ -18,7 +18,7 @@ from tests.helpers import write
 FACTORY = "cloudtest"
 
 # A fake cloud: one JSON state file, the four actions of the contract (docs/cloud.md).
-FAKECLOUD = r'''#!/usr/bin/env python3
+FAKECLOUD = r"""#!/usr/bin/env python3
 import fcntl, json, os, pwd, sys, time, uuid
 
 state_path = sys.argv[1]
@@ -66,7 +66,7 @@ with open(state_path + ".lock", "a") as lock:
         json.dump(state, fh)
     os.replace(tmp, state_path)
 print(json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture
@@ -120,7 +120,9 @@ def test_create_status_retire_terminate_locally(cloud: Path, make_queue: Any, ma
     assert snap == {a: PilotState.CANCELLED, b: PilotState.RETIRING, c: PilotState.RUNNING}
     sub.cleanup([], 1e10)  # no pool: a retiring VM ends at retire.grace
     assert {i["id"]: i["state"] for i in state(cloud)["instances"].values()} == {
-        a: "terminated", b: "terminated", c: "running"
+        a: "terminated",
+        b: "terminated",
+        c: "running",
     }
 
 
@@ -133,10 +135,14 @@ def test_partial_fulfilment_and_capacity(cloud: Path, make_queue: Any, make_fact
     assert info.value.capacity and "no capacity: 2 of 2 in use" in info.value.message
 
 
-def test_bad_scripts_are_clear_errors(cloud: Path, tmp_path: Path, make_queue: Any, make_factory: Any) -> None:
+def test_bad_scripts_are_clear_errors(
+    cloud: Path, tmp_path: Path, make_queue: Any, make_factory: Any
+) -> None:
     noisy = write(tmp_path / "noisy.sh", "#!/bin/sh\necho 'hello, I am not JSON'\n")
-    failing = write(tmp_path / "failing.sh", "#!/bin/sh\necho 'cannot reach the IPMI controller' >&2\nexit 4\n")
-    noinstances = write(tmp_path / "noinst.sh", "#!/bin/sh\necho '{\"instances\": [{\"state\": \"running\"}]}'\n")
+    failing = write(
+        tmp_path / "failing.sh", "#!/bin/sh\necho 'cannot reach the IPMI controller' >&2\nexit 4\n"
+    )
+    noinstances = write(tmp_path / "noinst.sh", '#!/bin/sh\necho \'{"instances": [{"state": "running"}]}\'\n')
     for script in (noisy, failing, noinstances):
         script.chmod(0o755)
     ctx = make_factory(FACTORY)
@@ -159,10 +165,23 @@ def test_over_ssh_as_another_user(cloud: Path, ssh_target: Any, make_queue: Any,
     shutil.chown(remote, user=ssh_target.user)
     ctx = make_factory(
         FACTORY,
-        auth={"key": ("SSH", {"ssh.privatekeyfile": str(ssh_target.key), "ssh.knownhostsfile": str(ssh_target.known_hosts)})},
+        auth={
+            "key": (
+                "SSH",
+                {
+                    "ssh.privatekeyfile": str(ssh_target.key),
+                    "ssh.knownhostsfile": str(ssh_target.known_hosts),
+                },
+            )
+        },
     )
     q = queue(
-        make_queue, remote, host=ssh_target.host, port=str(ssh_target.port), user=ssh_target.user, authprofile="key"
+        make_queue,
+        remote,
+        host=ssh_target.host,
+        port=str(ssh_target.port),
+        user=ssh_target.user,
+        authprofile="key",
     )
     sub, status = plugins(q, ctx)
     assert sub.target() == f"script:python3@{ssh_target.user}@{ssh_target.host}:{ssh_target.port}"
@@ -170,5 +189,7 @@ def test_over_ssh_as_another_user(cloud: Path, ssh_target: Any, make_queue: Any,
     assert {i["created_by"] for i in state(remote)["instances"].values()} == {ssh_target.user}
     assert {p.backend_id for p in status.poll(1000.0).pilots} == {p.backend_id for p in pilots}
     sub.retire([pilots[0].backend_id], kill=True)
-    assert {p.backend_id: p.state for p in status.poll(1001.0).pilots}[pilots[0].backend_id] is PilotState.DONE
+    assert {p.backend_id: p.state for p in status.poll(1001.0).pilots}[
+        pilots[0].backend_id
+    ] is PilotState.DONE
     shutil.rmtree(remote)

@@ -40,10 +40,22 @@ echo "no worker here"
 
 
 def setup(
-    ec2: EC2Server, pool: CloudPool, make_queue: Any, make_factory: Any, template: Path, name: str = "VMQ", **keys: str
+    ec2: EC2Server,
+    pool: CloudPool,
+    make_queue: Any,
+    make_factory: Any,
+    template: Path,
+    name: str = "VMQ",
+    **keys: str,
 ) -> tuple[EC2Submit, EC2Status]:
     ctx = make_factory(
-        FACTORY, auth={"moto": ("CloudKey", {"cloudkey.access_key_id": "testing", "cloudkey.secret_access_key": "testing"})}
+        FACTORY,
+        auth={
+            "moto": (
+                "CloudKey",
+                {"cloudkey.access_key_id": "testing", "cloudkey.secret_access_key": "testing"},
+            )
+        },
     )
     q = make_queue(
         name,
@@ -108,7 +120,11 @@ def test_vm_joins_is_drained_and_terminated_only_once_idle(
         "--wrap", f"while [ ! -e {flag} ]; do sleep 0.2; done",
     ).stdout.strip()  # fmt: skip
     assert job.isdigit()
-    wait_for(lambda: slurm_cloud.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING", 60, "the job to run")
+    wait_for(
+        lambda: slurm_cloud.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING",
+        60,
+        "the job to run",
+    )
 
     sub.retire([iid])
     assert "DRAIN" in slurm_cloud.node(node)["State"]
@@ -119,12 +135,16 @@ def test_vm_joins_is_drained_and_terminated_only_once_idle(
         assert pilots[iid].state is PilotState.RETIRING
         assert instance(ec2, iid)["state"] == "running"
     flag.touch()
-    wait_for(lambda: cycle(sub, status) and instance(ec2, iid)["state"] == "terminated", 60, "the drained VM to go")
+    wait_for(
+        lambda: cycle(sub, status) and instance(ec2, iid)["state"] == "terminated", 60, "the drained VM to go"
+    )
     assert instance(ec2, iid)["apf:end"] == "retired"
     assert slurm_cloud.run("squeue", "-h", "-j", job).stdout.strip() == ""  # the job finished on its own
     # the VM is gone (vmboot stops its slurmd); the slot goes back to FUTURE with no comment
     wait_for(lambda: f"gone {iid}" in vmboot.log(), 30, "vmboot to stop the VM")
-    wait_for(lambda: cycle(sub, status) is not None and slurm_cloud.node(node) == {}, 30, "the slot to be released")
+    wait_for(
+        lambda: cycle(sub, status) is not None and slurm_cloud.node(node) == {}, 30, "the slot to be released"
+    )
     assert cycle(sub, status)[iid].state is PilotState.DONE
 
 
@@ -140,7 +160,9 @@ def test_a_vm_whose_node_never_joins_is_terminated_after_the_deadline(
     )  # fmt: skip
     (launched,) = sub.submit(1, PilotTags(FACTORY, "VMQ", "bbbbbbbbbbbb"), time.time())
     iid = launched.backend_id
-    wait_for(lambda: "no worker here" in vmboot.console(iid), 30, "the VM to boot (and its worker not to start)")
+    wait_for(
+        lambda: "no worker here" in vmboot.console(iid), 30, "the VM to boot (and its worker not to start)"
+    )
     launched_at = launched.submitted_at
     assert launched_at is not None
     # before the deadline: pending (running in EC2, no node), left alone

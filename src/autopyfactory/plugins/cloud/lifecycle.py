@@ -286,7 +286,7 @@ def _retiring(
     overdue = now - since >= policy.retire_grace
     if not policy.pooled:
         # nothing tells us the VM is idle: it ends by itself (its pilot) or at the grace
-        return [VmAction(ActionKind.TERMINATE, inst.id, EndReason.RETIRE_GRACE)] if overdue else []
+        return [VmAction(ActionKind.TERMINATE, inst.id, EndReason.RETIRED)] if overdue else []
     if node is None or node.state.quiet:
         return [VmAction(ActionKind.TERMINATE, inst.id, EndReason.RETIRED, node)]
     if overdue:
