@@ -171,6 +171,7 @@ def test_spot_launch_and_a_provider_interruption(ec2: EC2Server, make_queue: Any
     assert ec2.interrupt([a], "Server.SpotInstanceTermination") == [a]
     pilots = {p.backend_id: p for p in status.poll(2000.0).pilots}
     assert pilots[a].state is PilotState.FAILED and pilots[b].state is PilotState.RUNNING
+    assert status.counters()["interrupted"] == 1
     (event,) = status.take_interruptions()
     assert (event.instance_id, event.queue, event.reason, event.spot) == (
         a,
@@ -220,6 +221,45 @@ def test_leaks_are_adopted_or_terminated_after_the_grace(
     status.terminate(report.terminate)
     states = {i["InstanceId"]: (i["State"]["Name"], tags_of(i).get("apf:end")) for i in ec2.instances()}
     assert states[orphan] == ("terminated", "leaked") and states[adoptable][0] == "running"
+    assert status.counters() == {"leaked": 1, "adopted": 1, "terminated_leaks": 1, "interrupted": 0}
+    status.poll(1062.0)
+    report = status.reconcile_leaks({known, adoptable}, set(), {"CLOUD"}, now=1062.0)
+    assert report == type(report)((), (), 0) and status.counters()["leaked"] == 0
+
+
+def test_apf_status_shows_the_cloud_counters(
+    ec2: EC2Server, make_queue: Any, make_factory: Any, tmp_path: Any
+) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from autopyfactory.config.loader import load_factory_config
+    from autopyfactory.engine.factory import status_path
+    from tests.helpers import factory_conf
+
+    _, status = plugins(queue(make_queue, ec2), factory(make_factory))
+    run = ec2.client().run_instances(
+        ImageId=ec2.image(), MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "apf:factory", "Value": FACTORY},
+                                                                  {"Key": "apf:queue", "Value": "OLD"}]}],
+    )  # fmt: skip
+    assert run["Instances"]
+    status.poll(1000.0)
+    status.reconcile_leaks(set(), set(), {"CLOUD"}, now=1000.0)
+    conf = factory_conf(
+        tmp_path,
+        "[CLOUD]\nenabled = True\nschedplugin = Null\nbatchsubmitplugin = Local\nbatchstatusplugin = Local\n",
+    )
+    path = status_path(load_factory_config(str(conf)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # what the engine writes once it runs the leak reconciler (see the report's engine hook)
+    path.write_text(json.dumps({"time": 1000.0, "cloud": {status.label: status.counters()}}))
+    apf = str(Path(sys.executable).parent / "apf")
+    out = subprocess.run([apf, "status", "--conf", str(conf)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"cloud {status.label}: 1 leaked VMs (tagged, unknown, their queue gone)" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -309,3 +309,23 @@ def test_scontrol_fields_keep_values_with_spaces() -> None:
     )
     assert fields["OS"] == "Linux 6.1 #1 SMP" and fields["Reason"] == "apf retire [root@2024]"
     assert fields["Comment"] == "a b" and fields["State"] == "IDLE+DRAIN"
+
+
+def test_the_cloud_example_queues_set_up_and_render_their_user_data() -> None:
+    from autopyfactory.config.loader import load_factory_config
+    from autopyfactory.plugins.base import FactoryContext
+
+    config = load_factory_config(
+        str(Path(__file__).resolve().parents[1] / "examples" / "cloud" / "autopyfactory.conf")
+    )
+    ctx = FactoryContext(config.factory_id, config.settings, dict(config.auth))
+    assert {q.batchsubmit.name for q in config.queues.values()} == {"EC2", "OpenStack", "Script"}
+    for q in config.queues.values():
+        sub = q.batchsubmit.cls(q, q.batchsubmit.options, ctx)  # type: ignore[call-arg]
+        try:
+            text = sub.user_data(PilotTags(config.factory_id, q.name, "0123456789ab"))  # type: ignore[attr-defined]
+        finally:
+            sub.close()
+        assert "shutdown -h +" in text and "{{" not in text
+        if q.batchsubmit.name != "Script":
+            assert "https://pool.example.org/slurm.conf" in text and f"export FACTORYQUEUE={q.name}" in text

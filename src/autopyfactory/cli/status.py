@@ -53,6 +53,8 @@ def collect(conf: str) -> dict[str, object] | None:
         "targets": daemon.get("targets", {}),
         "daemon_status_time": daemon.get("time"),
         "metrics": daemon.get("metrics"),
+        # per cloud endpoint: leaked VMs now, adopted/terminated/interrupted totals (CloudStatus.counters)
+        "cloud": daemon.get("cloud", {}),
     }
 
 
@@ -78,6 +80,12 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     if info.get("metrics"):
         print(f"metrics: {info['metrics']}")
+    for label, c in (info.get("cloud") or {}).items():  # type: ignore[union-attr]
+        print(
+            f"cloud {label}: {c.get('leaked', 0)} leaked VMs (tagged, unknown, their queue gone); "
+            f"{c.get('adopted', 0)} adopted, {c.get('terminated_leaks', 0)} leaks terminated, "
+            f"{c.get('interrupted', 0)} interrupted by the provider"
+        )
     for label, state in info["pollers"].items():  # type: ignore[union-attr]
         print(f"poller {label}: {state}")
     for target, state in info["targets"].items():  # type: ignore[union-attr]

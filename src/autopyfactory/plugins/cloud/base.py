@@ -229,11 +229,14 @@ VIEWS = ViewBoard()
 # submit
 
 
-def load_template(path: str | None, where: str) -> tuple[str, str]:
-    """(template text, its name for messages); the built-in lease-fuse script without a file."""
+def load_template(path: str | None, where: str, relative_to: str | None = None) -> tuple[str, str]:
+    """(template text, its name for messages); the built-in lease-fuse script without a file.
+    A relative path is relative to the directory of the config file that named it."""
     if not path:
         return lc.DEFAULT_USER_DATA, "the built-in user data"
     file = Path(path).expanduser()
+    if not file.is_absolute() and relative_to and "://" not in relative_to:
+        file = Path(relative_to).parent / file
     try:
         return file.read_text(), str(file)
     except OSError as exc:
@@ -255,8 +258,10 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def __init__(self, queue: QueueConfig, options: PluginOptions, factory: FactoryContext) -> None:
         super().__init__(queue, options, factory)
-        where = f"[{queue.name}] {self.prefixes()[0]}user_data_file"
-        self.template, self.template_name = load_template(self.options.user_data_file, where)
+        key = f"{self.prefixes()[0]}user_data_file"
+        self.template, self.template_name = load_template(
+            self.options.user_data_file, f"[{queue.name}] {key}", queue.origin.get(key)
+        )
         sample = PilotTags(factory.factory_id, queue.name, "0123456789ab")
         try:
             rendered = self.user_data(sample)
@@ -486,6 +491,8 @@ class CloudStatus(BatchStatusPlugin):
         self._instances: tuple[Instance, ...] = ()  # the last listing (for the leak reconciler)
         self._last: dict[str, Instance] = {}  # what the last poll reported, by id
         self._unknown_since: dict[str, float] = {}
+        # for `apf status` (the engine copies ``counters()`` into its status file)
+        self._counts = {"leaked": 0, "adopted": 0, "terminated_leaks": 0, "interrupted": 0}
 
     # -- what a cloud module provides ----------------------------------------------------------
     def connect(self) -> CloudApi:
@@ -559,6 +566,7 @@ class CloudStatus(BatchStatusPlugin):
                     self._interrupted.add(inst.id)
                     with self._lock:
                         self._interruptions.append(Interruption(now, queue, inst.id, inst.reason, inst.spot))
+                        self._counts["interrupted"] += 1
                     log.warning(
                         "%s: VM %s of queue %s was interrupted by the provider: %s",
                         self.label,
@@ -621,13 +629,24 @@ class CloudStatus(BatchStatusPlugin):
             pooled = {q for q, s in self._queue_pool.items() if s.kind is not PoolKind.NONE}
         pilots = tuple(lc.vm_pilot(i, i.queue or "", None, pooled=i.queue in pooled) for i in adopt)
         waiting = len(unknown) - len(adopt) - len(terminate)
+        with self._lock:
+            self._counts["leaked"] = waiting + len(terminate)
+            self._counts["adopted"] += len(adopt)
         return LeakReport(pilots, tuple(i.id for i in terminate), waiting)
+
+    def counters(self) -> dict[str, int]:
+        """For ``apf status``: leaked VMs now (unknown, not adoptable), and totals since start of
+        VMs adopted, leaked VMs terminated, and VMs interrupted by the provider."""
+        with self._lock:
+            return dict(self._counts)
 
     def terminate(self, ids: Sequence[str], reason: str = EndReason.LEAKED) -> None:
         """Terminate instances at this endpoint (leaks); runs on an action thread."""
         if ids:
             self.api.terminate(list(ids), reason)
             VIEWS.note_ended(self.endpoint_key, ids, reason)
+            with self._lock:
+                self._counts["terminated_leaks"] += len(ids)
             log.warning("%s: terminated %d leaked VMs: %s", self.label, len(ids), ", ".join(ids))
 
     def close(self) -> None:
