@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,10 @@ def test_cascade_spills_on_capacity_at_the_next_pass_and_drains_the_costlier_tie
 
         # capacity is back: once the backoff is over, more demand goes to the cheap tier first
         ec2.clear_faults()
+        cascade = factory.cascades["clouds"]
+        wait_for(
+            lambda: cascade.backoff_until.get("ACADEMIC", 0.0) <= time.time(), 30, "the tier's backoff to end"
+        )
         write(
             tmp_path / "queues.conf",
             (tmp_path / "queues.conf").read_text().replace("activated = 3", "activated = 5"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -155,6 +155,40 @@ class CloudApi(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ApiPool:
+    """One API adapter per endpoint, shared by the endpoint's status poll and every queue there:
+    boto3 clients and SDK connections are costly (a parsed service model each) and thread-safe,
+    so 10,000 queues on one region hold one, not 10,000."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[Hashable, tuple[CloudApi, int]] = {}
+
+    def acquire(self, key: Hashable, create: Callable[[], CloudApi]) -> CloudApi:
+        with self._lock:
+            api, refs = self._items.get(key, (None, 0))
+            if api is None:
+                api = create()
+            self._items[key] = (api, refs + 1)
+            return api
+
+    def release(self, api: CloudApi) -> None:
+        with self._lock:
+            for key, (item, refs) in list(self._items.items()):
+                if item is api:
+                    if refs > 1:
+                        self._items[key] = (item, refs - 1)
+                        return
+                    del self._items[key]
+                    break
+            else:
+                return
+        api.close()
+
+
+APIS = ApiPool()
 
 
 def redact(text: str, secrets: Collection[str]) -> str:
@@ -297,9 +331,14 @@ class CloudSubmit(BatchSubmitPlugin):
     # -- shared --------------------------------------------------------------------------------
     @property
     def api(self) -> CloudApi:
+        """The endpoint's adapter, shared with its status poll and the other queues there."""
         with self._api_lock:
             if self._api is None:
-                self._api = self.connect()
+                key = self.status_key()
+                # per factory context too: a reload's new credentials get a new adapter
+                self._api = (
+                    APIS.acquire((key, id(self.factory)), self.connect) if key is not None else self.connect()
+                )
             return self._api
 
     def target(self) -> str:
@@ -443,9 +482,12 @@ class CloudSubmit(BatchSubmitPlugin):
         if self.pool is not None:
             self.pool.close()
         with self._api_lock:
-            if self._api is not None:
-                self._api.close()
-                self._api = None
+            api, self._api = self._api, None
+        if api is not None:
+            if self.status_key() is not None:
+                APIS.release(api)
+            else:
+                api.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,7 +544,7 @@ class CloudStatus(BatchStatusPlugin):
     @property
     def api(self) -> CloudApi:
         if self._api is None:
-            self._api = self.connect()
+            self._api = APIS.acquire((self.endpoint_key, id(self.factory)), self.connect)
         return self._api
 
     @property
@@ -655,5 +697,5 @@ class CloudStatus(BatchStatusPlugin):
             if pool is not None:
                 pool.close()
         if self._api is not None:
-            self._api.close()
+            APIS.release(self._api)
             self._api = None

@@ -278,6 +278,8 @@ class EC2Api:
         if code in CAPACITY_CODES:
             return BackendError(self.label, f"{what}: {code}: {message}", capacity=True)
         if code in AUTH_CODES:
+            with self._lock:
+                self._clients = None  # read the credentials again next time (a rotated key file)
             return BackendError(self.label, f"{what}: {code}: the cloud refused {self.who}: {message}")
         return BackendError(self.label, f"{what}: {code or 'error'}: {message}")
 

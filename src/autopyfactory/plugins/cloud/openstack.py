@@ -168,6 +168,7 @@ class OpenStackApi:
         self._factory = factory
         self._secrets: list[str] = []
         self._lock = threading.Lock()
+        self._call_lock = threading.Lock()
         self._conn: Any = None
 
     def _connect(self) -> Any:
@@ -235,7 +236,8 @@ class OpenStackApi:
 
         conn = self.conn()
         try:
-            return fn(conn)
+            with self._call_lock:  # one connection per endpoint, shared by threads: one call at a time
+                return fn(conn)
         except BackendError:
             raise
         except osx.HttpException as exc:

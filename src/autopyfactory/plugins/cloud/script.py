@@ -134,11 +134,10 @@ def parse_instance(item: Any, where: str) -> Instance:
 class ScriptApi:
     """Runs the commands with JSON in and out through a transport."""
 
-    def __init__(self, ep: ScriptEndpoint, factory: FactoryContext, create: str | None = None) -> None:
+    def __init__(self, ep: ScriptEndpoint, factory: FactoryContext) -> None:
         self.ep = ep
         self.label = ep.label
         self.factory_id = factory.factory_id
-        self.create_command = create
         self._transport: Transport = transport_for(
             factory,
             ep.host,
@@ -197,8 +196,7 @@ class ScriptApi:
             {"ids": list(ids), "reason": str(reason), "tags": {lc.TAG_END: str(reason)}},
         )
 
-    def create(self, n: int, tags: PilotTags, user_data: str) -> list[Instance]:
-        assert self.create_command is not None
+    def create(self, command: str, n: int, tags: PilotTags, user_data: str) -> list[Instance]:
         request = {
             "count": n,
             "min_count": 1,
@@ -208,7 +206,7 @@ class ScriptApi:
             "user_data": user_data,
             "client_token": lc.client_token(tags),
         }
-        return self._instances("create", self.run("create", self.create_command, request))
+        return self._instances("create", self.run("create", command, request))
 
     def close(self) -> None:
         POOL.release(self._transport)
@@ -236,9 +234,9 @@ class ScriptSubmit(CloudSubmit):
     options: ScriptOptions
 
     def connect(self) -> ScriptApi:
-        return ScriptApi(endpoint_of(self.queue, self.factory), self.factory, create=self.options.create)
+        return ScriptApi(endpoint_of(self.queue, self.factory), self.factory)
 
     def launch(self, n: int, tags: PilotTags, user_data: str) -> list[Instance]:
         api = self.api
         assert isinstance(api, ScriptApi)
-        return api.create(n, tags, user_data)
+        return api.create(self.options.create, n, tags, user_data)
