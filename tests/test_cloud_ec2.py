@@ -357,3 +357,19 @@ def test_the_lease_fuse_is_in_the_default_user_data(
     attr = ec2.client().describe_instance_attribute(InstanceId=pilot.backend_id, Attribute="userData")
     assert "shutdown -h +1440" in base64.b64decode(attr["UserData"]["Value"]).decode()
     assert lc.TAG_FACTORY == "apf:factory"
+
+
+def test_cleanup_reads_the_status_poll_and_calls_nothing_when_nothing_is_due(
+    ec2: EC2Server, make_queue: Any, make_factory: Any
+) -> None:
+    sub, status = plugins(queue(make_queue, ec2, url=ec2.proxy_url), factory(make_factory))
+    snap = status.poll(1000.0)  # no VMs yet: an empty view
+    before = ec2.requests()
+    sub.cleanup(list(snap.pilots), 1000.0)
+    sub.submit(2, PilotTags(FACTORY, "CLOUD", "777777777777"), 1000.0)
+    snap = status.poll(1001.0)
+    sub.cleanup(list(snap.pilots), 1001.0)
+    sub.cleanup(list(snap.pilots), 1002.0)  # the same view again: nothing to redo
+    after = ec2.requests()
+    assert after.get("DescribeInstances", 0) - before.get("DescribeInstances", 0) == 1  # the poll's own
+    assert after.get("RunInstances") == 1 and "TerminateInstances" not in after

@@ -621,6 +621,8 @@ class CloudStatus(BatchStatusPlugin):
                 reported[inst.id] = inst
             if queue:
                 views[queue] = QueueView(now, tuple(kept), {i.id: nodes[i.id] for i in kept if i.id in nodes})
+        for queue in queue_pool:  # a queue with no VMs has a view too (cleanup then lists nothing)
+            views.setdefault(queue, QueueView(now, ()))
         for memory in (self._joined, self._gone):
             for iid in [k for k in memory if k not in seen]:
                 del memory[iid]
