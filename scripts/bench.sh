@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark in bench/ (each prints its ratios/figures as its last line).
-# Slurm is started by bench/slurm_submit.py itself if it is not running (and stopped again).
+# Slurm and moto are started by bench/slurm_submit.py and bench/cloud.py if they are not running
+# (and stopped again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv; .venv/bin/python -m pip install -q -e '.[test]'; }
@@ -8,6 +9,8 @@ echo "== bench/decide.py (10,000 queues, 1,000,000 pilots, 7-plugin chain)"
 .venv/bin/python bench/decide.py
 echo "== bench/slurm_submit.py (real local Slurm)"
 .venv/bin/python bench/slurm_submit.py
+echo "== bench/cloud.py (moto's EC2 server: 100 VMs in one cycle, poll + reconcile of 1,000)"
+.venv/bin/python bench/cloud.py
 echo "== apf simulate (two months of the example cascade at a 10-minute step)"
 .venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
   --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \
