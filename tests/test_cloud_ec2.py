@@ -13,6 +13,7 @@ import pytest
 from autopyfactory.model import PilotState, PilotTags
 from autopyfactory.plugins.base import BackendError, PluginError
 from autopyfactory.plugins.cloud import lifecycle as lc
+from autopyfactory.plugins.cloud.base import VmStatusHooks
 from autopyfactory.plugins.cloud.ec2 import EC2Status, EC2Submit
 from tests.components_cloud import EC2Server
 from tests.helpers import wait_for, write
@@ -222,6 +223,7 @@ def test_leaks_are_adopted_or_terminated_after_the_grace(
     states = {i["InstanceId"]: (i["State"]["Name"], tags_of(i).get("apf:end")) for i in ec2.instances()}
     assert states[orphan] == ("terminated", "leaked") and states[adoptable][0] == "running"
     assert status.counters() == {"leaked": 1, "adopted": 1, "terminated_leaks": 1, "interrupted": 0}
+    assert isinstance(status, VmStatusHooks)  # the engine's declared capability
     status.poll(1062.0)
     report = status.reconcile_leaks({known, adoptable}, set(), {"CLOUD"}, now=1062.0)
     assert report == type(report)((), (), 0) and status.counters()["leaked"] == 0

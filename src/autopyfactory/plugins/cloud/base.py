@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from pydantic import Field
 
@@ -510,6 +510,34 @@ class LeakReport:
     adopt: tuple[Pilot, ...]  # to record in the store (their queue is configured)
     terminate: tuple[str, ...]  # instance ids to terminate now (unknown queue, past leak_grace)
     waiting: int  # unknown instances still within leak_grace
+
+
+@runtime_checkable
+class VmStatusHooks(Protocol):
+    """What a VM status plugin offers the engine beyond ``poll`` (to move onto
+    ``BatchStatusPlugin`` as a declared capability when the engine wires it; see docs/cloud.md)."""
+
+    def reconcile_leaks(
+        self,
+        known_ids: Collection[str],
+        open_intent_ids: Collection[str],
+        configured_queues: Collection[str],
+        now: float,
+    ) -> LeakReport:
+        """Decision stage, after each poll: the tagged VMs to adopt and those to terminate."""
+        ...
+
+    def terminate(self, ids: Sequence[str], reason: str = ...) -> None:
+        """Action thread: terminate leaked VMs."""
+        ...
+
+    def take_interruptions(self) -> list[Interruption]:
+        """After each poll: VMs the provider stopped or terminated since the last call."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """For the status file (``apf status``)."""
+        ...
 
 
 class CloudStatus(BatchStatusPlugin):
