@@ -375,3 +375,29 @@ def test_cleanup_reads_the_status_poll_and_calls_nothing_when_nothing_is_due(
     after = ec2.requests()
     assert after.get("DescribeInstances", 0) - before.get("DescribeInstances", 0) == 1  # the poll's own
     assert after.get("RunInstances") == 1 and "TerminateInstances" not in after
+
+
+def test_a_vm_cancelled_after_the_poll_keeps_its_reason(
+    ec2: EC2Server, make_queue: Any, make_factory: Any
+) -> None:
+    import time
+
+    ec2.control(boot_seconds=60)  # stays pending
+    sub, status = plugins(queue(make_queue, ec2, provisioning_deadline="1"), factory(make_factory))
+    (pilot,) = sub.submit(1, PilotTags(FACTORY, "CLOUD", "888888888888"), time.time())
+    assert pilot.submitted_at is not None
+    launched = pilot.submitted_at
+    wait_for(lambda: time.time() > launched + 2, 10, "the deadline to pass")
+    snap = status.poll(time.time())  # the view: pending past its deadline
+    sub.cancel([pilot.backend_id])  # this cycle's scale-down, before the cleanup
+    sub.cleanup(list(snap.pilots), time.time())
+    (inst,) = ec2.instances()
+    assert (inst["State"]["Name"], tags_of(inst)["apf:end"]) == ("terminated", "cancelled")
+    # without the cancel the same view means: terminate as a failed provisioning
+    (other,) = sub.submit(1, PilotTags(FACTORY, "CLOUD", "999999999999"), time.time())
+    assert other.submitted_at is not None
+    wait_for(lambda: time.time() > other.submitted_at + 2, 10, "the deadline to pass")  # type: ignore[operator]
+    now = time.time()
+    sub.cleanup(list(status.poll(now).pilots), now)
+    ends = {i["InstanceId"]: tags_of(i).get("apf:end") for i in ec2.instances()}
+    assert ends == {pilot.backend_id: "cancelled", other.backend_id: "provisioning-deadline"}

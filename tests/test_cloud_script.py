@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,8 @@ def test_create_status_retire_terminate_locally(cloud: Path, make_queue: Any, ma
     assert state(cloud)["instances"][b]["tags"]["apf:retire"].isdigit()
     snap = {p.backend_id: p.state for p in status.poll(1000.0).pilots}
     assert snap == {a: PilotState.CANCELLED, b: PilotState.RETIRING, c: PilotState.RUNNING}
-    sub.cleanup([], 1e10)  # no pool: a retiring VM ends at retire.grace
+    now = time.time() + 1  # no pool: a retiring VM ends at retire.grace (0)
+    sub.cleanup(list(status.poll(now).pilots), now)
     assert {i["id"]: i["state"] for i in state(cloud)["instances"].values()} == {
         a: "terminated",
         b: "terminated",

@@ -225,7 +225,7 @@ class ViewBoard:
     def note_ended(self, endpoint: Hashable | None, ids: Sequence[str], reason: str) -> None:
         if endpoint is None:
             return
-        now = time.monotonic()
+        now = time.time()
         with self._lock:
             for key in [k for k, (_, t) in self._ended.items() if now - t > self.ENDED_KEEP]:
                 del self._ended[key]
@@ -236,6 +236,12 @@ class ViewBoard:
         with self._lock:
             found = self._ended.get((endpoint, instance_id))
         return found[0] if found else None
+
+    def ended_since(self, endpoint: Hashable, instance_id: str, since: float) -> str | None:
+        """Why the factory terminated the VM, if it did after ``since`` (epoch seconds)."""
+        with self._lock:
+            found = self._ended.get((endpoint, instance_id))
+        return found[0] if found and found[1] > since else None
 
     def publish(self, endpoint: Hashable, views: Mapping[str, QueueView]) -> None:
         with self._lock:
@@ -432,8 +438,19 @@ class CloudSubmit(BatchSubmitPlugin):
         view = self.view(now)
         if view is None or view.time == self._acted_on:
             return  # nothing new since we last acted
-        actions = lc.plan_vm_actions(view.instances, view.nodes, self.policy, now)
+        # decide at the view's time: deadlines and graces against what was observed then
+        actions = lc.plan_vm_actions(view.instances, view.nodes, self.policy, view.time)
         self._acted_on = view.time
+        key = self.status_key()
+        if key is not None:
+            # VMs this factory terminated after the view was taken (a cancel in this cycle) keep
+            # the reason they were terminated for
+            actions = [
+                a
+                for a in actions
+                if a.kind is not ActionKind.TERMINATE
+                or VIEWS.ended_since(key, a.instance_id, view.time) is None
+            ]
         if actions:
             self.execute(actions)
 
