@@ -46,10 +46,13 @@ def ec2_keys(ec2: EC2Server, url: str | None = None, region: str | None = None) 
     return "\n        ".join(keys)
 
 
-def conf(tmp: Path, queues: str, extra: str = "") -> Path:
+def conf(tmp: Path, queues: str, extra: str = "", poll: float = 0.5) -> Path:
     write(tmp / "auth.conf", AUTH)
     return factory_conf(
-        tmp, queues, extra="authConf = auth.conf\nbatchstatus.ec2.sleep = 0.5\n" + extra, factory_id=FACTORY
+        tmp,
+        queues,
+        extra=f"authConf = auth.conf\nbatchstatus.ec2.sleep = {poll}\n" + extra,
+        factory_id=FACTORY,
     )
 
 
@@ -79,6 +82,8 @@ def test_sigkill_between_run_instances_and_the_record_then_restart_adopts(
         schedplugin = Ready
         {ec2_keys(ec2)}
         """,
+        # no status poll between RunInstances and the crash (it would adopt the VMs before the crash)
+        poll=300,
     )
     crashed = subprocess.run(
         [APF, "run", "--conf", str(path), "--no-table", "--log", str(tmp_path / "apf.log")],
