@@ -214,7 +214,8 @@ def main() -> None:
             log(
                 f"launched {per_queue * len(queues)} tagged instances of {len(queues)} queues in {time.perf_counter() - t0:.2f} s"
             )
-            timings = []
+            # side by side, one of each per round: the machine's load moves between rounds
+            timings, bare = [], []
             for _ in range(args.repeat):
                 status = EC2Status(EC2Status.endpoint(queues[0], ctx), ctx)
                 for q in queues:
@@ -226,14 +227,6 @@ def main() -> None:
                 status.close()
                 assert len(snap.pilots) == per_queue * len(queues), len(snap.pilots)
                 assert len(report.adopt) == len(snap.pilots)  # an empty store: every VM is adopted
-            poll_s = statistics.median(timings)
-            log(
-                f"poll + reconcile: {len(snap.pilots)} VMs, {len(queues)} queues: "
-                + ", ".join(f"{t:.3f}" for t in timings)
-                + " s"
-            )
-            bare = []
-            for _ in range(args.repeat):
                 t0 = time.perf_counter()
                 pages = ec2.get_paginator("describe_instances").paginate(
                     Filters=[{"Name": "tag:apf:factory", "Values": [fid]}],
@@ -242,7 +235,12 @@ def main() -> None:
                 found = sum(len(r["Instances"]) for p in pages for r in p["Reservations"])
                 bare.append(time.perf_counter() - t0)
                 assert found == len(snap.pilots), found
-            describe_s = statistics.median(bare)
+            poll_s, describe_s = statistics.median(timings), statistics.median(bare)
+            log(
+                f"poll + reconcile: {len(snap.pilots)} VMs, {len(queues)} queues: "
+                + ", ".join(f"{t:.3f}" for t in timings)
+                + " s"
+            )
             log("bare DescribeInstances of the same: " + ", ".join(f"{t:.3f}" for t in bare) + " s")
             # what the factory itself adds: the same 1,000 instances as VMs, pilots and leaks
             raw = [i for p in ec2.get_paginator("describe_instances").paginate(
