@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv; .venv/bin/python -m pip install -q -e '.[test]'; }
 echo "== bench/decide.py (10,000 queues, 1,000,000 pilots, 7-plugin chain)"
 .venv/bin/python bench/decide.py
+echo "== bench/engine.py (the real engine, 1,000 and 10,000 queues, every queue submitting; daemon latency)"
+.venv/bin/python bench/engine.py
 echo "== bench/slurm_submit.py (real local Slurm)"
 .venv/bin/python bench/slurm_submit.py
 echo "== bench/cloud.py (moto's EC2 server: 100 VMs in one cycle, poll + reconcile of 1,000)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the tests need and runs the whole suite, on a fresh Debian 12 machine.
-#   - Debian packages for the real components (Slurm + slurmdbd/MariaDB, OpenSSH, PostgreSQL);
+#   - Debian packages for the real components (Slurm + slurmdbd/MariaDB, OpenSSH, PostgreSQL; systemd
+#     only for systemd-analyze, which checks the shipped unit file);
 #     the test session starts them on 127.0.0.1 on first use and stops what it started
 #   - a venv in .venv with autopyfactory and its test extras
 #   - ruff (lint + format check), then pytest; extra arguments go to pytest
@@ -8,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s (+%ss)\n' "$1" "$SECONDS"; }
 
-PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server mariadb-client openssh-server openssh-client postgresql-15 util-linux procps"
+PKGS="munge slurmctld slurmd slurm-client slurmdbd mariadb-server mariadb-client openssh-server openssh-client postgresql-15 util-linux procps systemd"
 step "Debian packages"
 missing=$(for p in $PKGS; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"; done)
 if [ -n "$missing" ]; then

@@ -9,45 +9,12 @@ cascade's memory between cycles.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from autopyfactory.config.policy import Cascade, Tier
+from autopyfactory.config.policy import Tier
 from autopyfactory.decide.policy import CascadeAllocation, PolicyEvent, TierAllocation, TierState
 from autopyfactory.decide.retire import pick_idle, pick_running
-from autopyfactory.model import Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
-
-if TYPE_CHECKING:
-    from autopyfactory.engine.factory import QueueRuntime
-    from autopyfactory.model import Action
-
-
-@dataclass
-class CascadeRuntime:
-    cascade: Cascade
-    tiers: list[QueueRuntime]  # in the cascade's fill order
-    next_due: float = 0.0
-    seen_batch: dict[str, float | None] = field(default_factory=dict)
-    backoff_until: dict[str, float] = field(default_factory=dict)
-    # running pilots of a tier when it last counted as full (its observed capacity)
-    capacity_hint: dict[str, int] = field(default_factory=dict)
-    last_scale_up: dict[str, float] = field(default_factory=dict)
-    redrive: bool = False  # a tier failed this cycle: allocate again at once
-    last: CascadeAllocation | None = None
-    last_event_keys: frozenset[tuple[str, str]] = frozenset()
-    decisions: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.cascade.name
-
-    @property
-    def label(self) -> str:
-        """How the cascade appears among queue names in the store (``apf explain``)."""
-        return f"cascade:{self.cascade.name}"
-
-    def tier(self, queue: str) -> Tier:
-        return self.cascade.tier(queue)
+from autopyfactory.engine.state import CascadeRuntime
+from autopyfactory.model import Action, Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
 
 
 def tier_state(

@@ -95,7 +95,7 @@ def resolve_executable(queue: QueueConfig) -> str:
 
 class LocalSubmitOptions(SubmitOptions):
     slots: int = Field(0, ge=0, description="concurrently running pilots on this host; 0 = no limit")
-    environ: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
 
     def model_post_init(self, context: object) -> None:
         parse_environ(self.environ)  # reject a malformed environ at load time
@@ -191,7 +191,9 @@ class LocalSubmit(BatchSubmitPlugin):
 
 
 class LocalStatusOptions(PluginOptions):
-    keep_finished: float = Field(3600.0, description="seconds a finished pilot's directory is kept")
+    keep_finished: float = Field(
+        3600.0, ge=0, le=366 * 86400, description="seconds a finished pilot's directory is kept"
+    )
 
 
 class LocalStatus(BatchStatusPlugin):
