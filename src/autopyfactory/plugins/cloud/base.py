@@ -47,6 +47,7 @@ from autopyfactory.plugins.cloud.lifecycle import (
     VmState,
 )
 from autopyfactory.plugins.cloud.pools import Pool, PoolKind, PoolSpec, Release, make_pool
+from autopyfactory.plugins.keys import AUTH_META, auth_field
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -65,10 +66,13 @@ class CloudSubmitOptions(SubmitOptions):
 
     user_data_file: str | None = Field(
         None,
-        description="user-data template ({{ factory_id }}, {{ queue }}, ...); default: the lease fuse only",
+        description="user-data template ({{ factory_id }}, ...), relative to its queues.conf; default: the lease fuse only",
     )
     variables: dict[str, str] = Field(
         default_factory=dict, description="var.<name>: {{ var.<name> }} in user data"
+    )
+    authprofile: str | None = auth_field(
+        None, "CloudKey", description="the auth profile the cloud's calls use"
     )
     max_lifetime: Duration = Field(
         7 * 86400.0, gt=0, description="lease fuse: the VM shuts itself down after this (user data)"
@@ -92,18 +96,33 @@ class CloudSubmitOptions(SubmitOptions):
     pool_host: str | None = Field(
         None, alias="pool.host", description="Slurm head node over SSH; empty = local"
     )
-    pool_user: str | None = Field(None, alias="pool.user")
-    pool_port: int = Field(22, alias="pool.port", ge=1, le=65535)
+    pool_user: str | None = Field(None, alias="pool.user", description="login user on pool.host")
+    pool_port: int = Field(22, alias="pool.port", ge=1, le=65535, description="SSH port of pool.host")
     pool_authprofile: str | None = Field(
-        None, alias="pool.authprofile", description="SSH profile for pool.host"
+        None,
+        alias="pool.authprofile",
+        description="SSH profile for pool.host",
+        json_schema_extra={AUTH_META: {"kinds": ["SSH"], "many": False}},
     )
     pool_slurm_conf: str | None = Field(None, alias="pool.slurm_conf", description="SLURM_CONF of the pool")
-    pool_collectorhost: str | None = Field(None, alias="pool.collectorhost")
-    pool_collectorport: int = Field(9618, alias="pool.collectorport", ge=1, le=65535)
+    pool_collectorhost: str | None = Field(
+        None,
+        alias="pool.collectorhost",
+        description="HTCondor collector of the pool; default: the local pool",
+    )
+    pool_collectorport: int = Field(
+        9618, alias="pool.collectorport", ge=1, le=65535, description="port of pool.collectorhost"
+    )
     pool_release: Release = Field(
         Release.FUTURE, alias="pool.release", description="slurm: future, delete or none, after terminate"
     )
-    pool_timeout: float = Field(60.0, alias="pool.timeout", gt=0)
+    pool_timeout: float = Field(
+        60.0, alias="pool.timeout", gt=0, le=3600, description="seconds one pool command may take"
+    )
+
+    def credential_profiles(self) -> tuple[str, ...]:
+        """The auth profiles the queue uses (its cloud's and the pool's SSH profile)."""
+        return tuple(n for n in (self.authprofile, self.pool_authprofile) if n)
 
     def pool_spec(self) -> PoolSpec:
         collector = (
@@ -288,6 +307,7 @@ class CloudSubmit(BatchSubmitPlugin):
     ``launch``)."""
 
     Options: ClassVar[type[PluginOptions]] = CloudSubmitOptions
+    has_cleanup: ClassVar[bool] = True  # each cycle: deadlines, drained nodes, stopped VMs, slots
     cloud: ClassVar[str] = ""  # the {{ cloud }} template value
     #: status plugin whose endpoint this queue's VMs are listed under (for the shared view)
     status_plugin: ClassVar[type[CloudStatus] | None] = None
@@ -349,6 +369,9 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def target(self) -> str:
         return self.api.label
+
+    def credential_profiles(self) -> tuple[str, ...]:
+        return self.options.credential_profiles()
 
     def user_data(self, tags: PilotTags) -> str:
         env = pilot_script.pilot_environment(self.queue, self.factory, tags, {})
@@ -570,6 +593,7 @@ class CloudStatus(BatchStatusPlugin):
         self._api: CloudApi | None = None
         self._pools: dict[PoolSpec, Pool | None] = {}
         self._queue_pool: dict[str, PoolSpec] = {}
+        self._profiles: set[str] = set()
         self._lock = threading.Lock()
         self._joined: dict[str, float] = {}  # instance id -> when its node was first seen
         self._gone: dict[str, float] = {}  # instance id -> when first seen terminated
@@ -596,6 +620,13 @@ class CloudStatus(BatchStatusPlugin):
     def label(self) -> str:
         return self.api.label
 
+    def describe_endpoint(self) -> str:
+        return f"{self.kind} {self.name} at {self.api.label}"
+
+    def credential_profiles(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(sorted(self._profiles))
+
     def register(self, queue: QueueConfig) -> None:
         sub = queue.plugin_options("batchsubmit")
         spec = sub.pool_spec() if isinstance(sub, CloudSubmitOptions) else PoolSpec(PoolKind.NONE)
@@ -603,6 +634,8 @@ class CloudStatus(BatchStatusPlugin):
         with self._lock:
             if isinstance(st, CloudStatusOptions):
                 self.settings = st
+            if isinstance(sub, CloudSubmitOptions):
+                self._profiles.update(sub.credential_profiles())
             self._queue_pool[queue.name] = spec
             if spec not in self._pools:
                 self._pools[spec] = make_pool(spec, self.factory)

@@ -1,5 +1,6 @@
-"""``batchsubmitplugin = EC2`` / ``batchstatusplugin = EC2``: VMs on Amazon EC2 or any EC2-compatible
-API (``endpoint_url``), through boto3.
+"""VMs on Amazon EC2 or any EC2-compatible API, through boto3 (``batchsubmitplugin = EC2``).
+
+``batchstatusplugin = EC2`` lists them; ``endpoint_url`` names another EC2-compatible API.
 
 * Submit: ONE ``RunInstances`` per cycle with ``MinCount=1, MaxCount=n`` (what the cloud launched
   is what counts: partial fulfilment), a ``ClientToken`` derived from the intent id, the tags
@@ -43,6 +44,7 @@ from autopyfactory.plugins.cloud.base import (
     redact,
 )
 from autopyfactory.plugins.cloud.lifecycle import Instance, VmState
+from autopyfactory.plugins.keys import BOTO3, NeedsModules, auth_field
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -100,17 +102,19 @@ class EC2Options(CloudSubmitOptions):
 
     region: str | None = Field(None, description="default: the auth profile's region, else the AWS chain's")
     endpoint_url: str | None = Field(None, description="an EC2-compatible API; default: AWS's for the region")
-    authprofile: str | None = Field(None, description="CloudKey profile in auth.conf; default: the AWS chain")
+    authprofile: str | None = auth_field(
+        None, "CloudKey", description="CloudKey profile in auth.conf; default: the AWS chain"
+    )
     ami: str = Field(..., description="the image (ami-...)")
     instance_type: str = Field(..., description="e.g. c5.xlarge")
-    subnet: str | None = None
+    subnet: str | None = Field(None, description="subnet to launch in (subnet-...)")
     security_groups: str | None = Field(None, description="comma list of sg-... ids (or names)")
-    key_name: str | None = None
+    key_name: str | None = Field(None, description="EC2 key pair for SSH into the VMs")
     iam_instance_profile: str | None = Field(None, description="instance profile name or ARN")
     root_volume_size: int | None = Field(None, ge=1, description="GiB")
     root_device: str | None = Field(None, description="default: the image's root device name")
     extra_tags: dict[str, str] = Field(default_factory=dict, description="tag.<Key> = value on every VM")
-    market: Literal["on-demand", "spot"] = "on-demand"
+    market: Literal["on-demand", "spot"] = Field("on-demand", description="on-demand or spot (one-time)")
     spot_max_price: float | None = Field(None, gt=0, description="USD per hour; default: the on-demand price")
     retries: int = Field(
         3, ge=1, le=10, description="attempts for idempotent calls; RunInstances is sent once"
@@ -121,9 +125,9 @@ class EC2Options(CloudSubmitOptions):
 class EC2StatusOptions(CloudStatusOptions):
     """Status keys; the endpoint comes from the queue's batchsubmit.ec2.* keys unless set here."""
 
-    region: str | None = None
-    endpoint_url: str | None = None
-    authprofile: str | None = None
+    region: str | None = Field(None, description="default: batchsubmit.ec2.region")
+    endpoint_url: str | None = Field(None, description="default: batchsubmit.ec2.endpoint_url")
+    authprofile: str | None = auth_field(None, "CloudKey", description="default: batchsubmit.ec2.authprofile")
     page_size: int = Field(1000, ge=5, le=1000, description="DescribeInstances MaxResults per page")
 
 
@@ -143,29 +147,33 @@ class EC2Endpoint:
         where = f"@{self.endpoint_url}" if self.endpoint_url else ""
         return f"ec2:{self.region or '?'}{where}"
 
+    def __str__(self) -> str:  # how the engine names the poller
+        return self.label
+
 
 def endpoint_of(queue: QueueConfig, factory: FactoryContext) -> EC2Endpoint:
+    """The queue's endpoint: a ``batchstatus.ec2.*`` key the queue sets, else its
+    ``batchsubmit.ec2.*`` key, else the CloudKey profile's region/endpoint, else the AWS chain's."""
+    from autopyfactory.plugins.auth.cloudkey import CloudKeyOptions
+
     sub = queue.plugin_options("batchsubmit")
+    sub = sub if isinstance(sub, EC2Options) else None
     st = queue.plugin_options("batchstatus")
     st = st if isinstance(st, EC2StatusOptions) else EC2StatusOptions()
-
-    def pick(name: str) -> Any:
-        value = getattr(st, name, None)
-        return value if value is not None else getattr(sub, name, None)
-
-    authprofile = pick("authprofile")
-    region, url = pick("region"), pick("endpoint_url")
+    authprofile = st.authprofile or (sub.authprofile if sub else None)
+    region = st.region or (sub.region if sub else None)
+    url = st.endpoint_url or (sub.endpoint_url if sub else None)
+    profile = factory.auth_profiles.get(authprofile) if authprofile else None
+    if profile is not None and isinstance(profile.options, CloudKeyOptions):
+        region = region or profile.options.region
+        url = url or profile.options.endpoint_url
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if authprofile and authprofile in factory.auth_profiles:
-        opts = factory.auth_profiles[authprofile].options
-        region = region or getattr(opts, "region", None)
-        url = url or getattr(opts, "endpoint_url", None)
     return EC2Endpoint(
         region=region,
         endpoint_url=url,
         authprofile=authprofile,
-        retries=getattr(sub, "retries", 3),
-        timeout=getattr(sub, "timeout", 60.0),
+        retries=sub.retries if sub else 3,
+        timeout=sub.timeout if sub else 60.0,
         page_size=st.page_size,
     )
 
@@ -347,8 +355,9 @@ class EC2Api:
 # plugins
 
 
-class EC2Status(CloudStatus):
+class EC2Status(NeedsModules, CloudStatus):
     name = "EC2"
+    requires = (BOTO3,)
     Options = EC2StatusOptions
 
     @classmethod
@@ -360,8 +369,9 @@ class EC2Status(CloudStatus):
         return EC2Api(self.endpoint_key, self.factory)
 
 
-class EC2Submit(CloudSubmit):
+class EC2Submit(NeedsModules, CloudSubmit):
     name = "EC2"
+    requires = (BOTO3,)
     Options: ClassVar[type[PluginOptions]] = EC2Options
     cloud = "ec2"
     status_plugin = EC2Status

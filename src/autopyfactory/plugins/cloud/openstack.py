@@ -1,5 +1,6 @@
-"""``batchsubmitplugin = OpenStack`` / ``batchstatusplugin = OpenStack``: VMs on an OpenStack cloud
-(Nova), through openstacksdk.
+"""VMs on an OpenStack cloud (Nova), through openstacksdk (``batchsubmitplugin = OpenStack``).
+
+``batchstatusplugin = OpenStack`` lists them.
 
 * Credentials: a ``clouds.yaml`` cloud (``cloud``, optionally ``clouds_file``; openstacksdk's own
   search path otherwise), or a ``CloudKey`` auth profile holding an application credential
@@ -39,6 +40,7 @@ from autopyfactory.plugins.cloud.base import (
     redact,
 )
 from autopyfactory.plugins.cloud.lifecycle import Instance, VmState
+from autopyfactory.plugins.keys import OPENSTACK, NeedsModules, auth_field
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -73,12 +75,16 @@ class OpenStackOptions(CloudSubmitOptions):
 
     cloud: str | None = Field(None, description="the cloud's name in clouds.yaml")
     clouds_file: str | None = Field(None, description="clouds.yaml path; default: openstacksdk's search path")
-    authprofile: str | None = Field(None, description="CloudKey profile holding an application credential")
-    region: str | None = None
+    authprofile: str | None = auth_field(
+        None, "CloudKey", description="CloudKey profile holding an application credential"
+    )
+    region: str | None = Field(
+        None, description="region of the cloud; default: clouds.yaml's or the profile's"
+    )
     flavor: str = Field(..., description="flavor name or id")
     image: str = Field(..., description="image name or id")
     network: str | None = Field(None, description="comma list of network ids")
-    key_name: str | None = None
+    key_name: str | None = Field(None, description="key pair for SSH into the VMs")
     security_groups: str | None = Field(None, description="comma list of security group names")
     extra_metadata: dict[str, str] = Field(default_factory=dict, description="meta.<key> = value on every VM")
     timeout: float = Field(60.0, gt=0, description="seconds one API call may take")
@@ -102,17 +108,21 @@ class OpenStackEndpoint:
         who = self.cloud or self.authprofile or "?"
         return f"openstack:{who}" + (f"/{self.region}" if self.region else "")
 
+    def __str__(self) -> str:  # how the engine names the poller
+        return self.label
+
 
 def endpoint_of(queue: QueueConfig, factory: FactoryContext) -> OpenStackEndpoint:
     sub = queue.plugin_options("batchsubmit")
+    sub = sub if isinstance(sub, OpenStackOptions) else None
     st = queue.plugin_options("batchstatus")
     st = st if isinstance(st, OpenStackStatusOptions) else OpenStackStatusOptions()
     return OpenStackEndpoint(
-        cloud=getattr(sub, "cloud", None),
-        clouds_file=getattr(sub, "clouds_file", None),
-        authprofile=getattr(sub, "authprofile", None),
-        region=getattr(sub, "region", None),
-        timeout=getattr(sub, "timeout", 60.0),
+        cloud=sub.cloud if sub else None,
+        clouds_file=sub.clouds_file if sub else None,
+        authprofile=sub.authprofile if sub else None,
+        region=sub.region if sub else None,
+        timeout=sub.timeout if sub else 60.0,
         page_size=st.page_size,
     )
 
@@ -141,17 +151,16 @@ def _epoch(text: Any) -> float | None:
         return None
 
 
-def to_instance(server: Any) -> Instance:
-    """An openstacksdk Server (or its dict) as an Instance (pure)."""
-    get = server.get if isinstance(server, Mapping) else lambda k, d=None: getattr(server, k, d)
-    status = str(get("status") or "").upper()
-    fault = get("fault") or {}
+def to_instance(server: Mapping[str, Any]) -> Instance:
+    """A server (openstacksdk's ``Server.to_dict()`` or Nova's JSON) as an Instance (pure)."""
+    status = str(server.get("status") or "").upper()
+    fault = server.get("fault") or {}
+    launched = server.get("launched_at") or server.get("OS-SRV-USG:launched_at")
     return Instance(
-        id=str(get("id")),
+        id=str(server.get("id")),
         state=STATES.get(status, VmState.UNKNOWN),
-        tags={str(k): str(v) for k, v in (get("metadata") or {}).items()},
-        launched_at=_epoch(get("launched_at") or get("OS-SRV-USG:launched_at"))
-        or _epoch(get("created_at") or get("created")),
+        tags={str(k): str(v) for k, v in (server.get("metadata") or {}).items()},
+        launched_at=_epoch(launched) or _epoch(server.get("created_at") or server.get("created")),
         reason=str(fault.get("message") or "") if isinstance(fault, Mapping) else "",
     )
 
@@ -266,7 +275,7 @@ class OpenStackApi:
         return self.call(
             "list servers",
             lambda c: [
-                to_instance(s)
+                to_instance(s.to_dict())
                 for s in c.compute.servers(details=True, name=name_pattern, limit=self.ep.page_size)
             ],
         )
@@ -324,8 +333,9 @@ class OpenStackApi:
             conn.close()
 
 
-class OpenStackStatus(CloudStatus):
+class OpenStackStatus(NeedsModules, CloudStatus):
     name = "OpenStack"
+    requires = (OPENSTACK,)
     Options = OpenStackStatusOptions
 
     @classmethod
@@ -337,8 +347,9 @@ class OpenStackStatus(CloudStatus):
         return OpenStackApi(self.endpoint_key, self.factory)
 
 
-class OpenStackSubmit(CloudSubmit):
+class OpenStackSubmit(NeedsModules, CloudSubmit):
     name = "OpenStack"
+    requires = (OPENSTACK,)
     Options: ClassVar[type[PluginOptions]] = OpenStackOptions
     cloud = "openstack"
     status_plugin = OpenStackStatus

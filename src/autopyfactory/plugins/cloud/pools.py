@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from autopyfactory.plugins.base import BackendError
 from autopyfactory.plugins.cloud.lifecycle import NodeState, PoolNode
-from autopyfactory.plugins.transport.base import POOL, Result, Transport, transport_for
+from autopyfactory.plugins.transport.base import Result, Transport
+from autopyfactory.plugins.transport.pool import POOL, transport_for
 
 if TYPE_CHECKING:
     from autopyfactory.plugins.base import FactoryContext

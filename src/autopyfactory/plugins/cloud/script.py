@@ -1,5 +1,6 @@
-"""``batchsubmitplugin = Script`` / ``batchstatusplugin = Script``: VMs (or bare-metal nodes, or
-anything else) created, listed, retired and terminated by the site's own commands.
+"""VMs, bare-metal nodes or anything else, made and ended by the site's commands (``batchsubmitplugin = Script``).
+
+``batchstatusplugin = Script`` lists them with the site's status command.
 
 The four commands come from config (``create``, ``status``, ``retire``, ``terminate``; argv with
 shell quoting, no shell) and run through the local or SSH transport (``host``/``user``/
@@ -40,7 +41,8 @@ from autopyfactory.plugins.base import BackendError, FactoryContext, PluginError
 from autopyfactory.plugins.cloud import lifecycle as lc
 from autopyfactory.plugins.cloud.base import CloudStatus, CloudStatusOptions, CloudSubmit, CloudSubmitOptions
 from autopyfactory.plugins.cloud.lifecycle import Instance, VmState
-from autopyfactory.plugins.transport.base import POOL, RemoteOptions, Transport, transport_for
+from autopyfactory.plugins.transport.base import RemoteOptions, Transport
+from autopyfactory.plugins.transport.pool import POOL, transport_for
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -92,6 +94,9 @@ class ScriptEndpoint:
     def label(self) -> str:
         where = "local" if not self.host else f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
         return f"script:{shlex.split(self.status)[0]}@{where}"
+
+    def __str__(self) -> str:  # how the engine names the poller
+        return self.label
 
 
 def endpoint_of(queue: QueueConfig, factory: FactoryContext) -> ScriptEndpoint:
