@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark in bench/ (each prints its ratios/figures as its last line).
-# Slurm is started by bench/slurm_submit.py itself if it is not running (and stopped again);
-# bench/arc.py starts its own Slurm, test CA and A-REX under /tmp/apf-bench-arc the same way.
+# Slurm and moto are started by bench/slurm_submit.py and bench/cloud.py if they are not running
+# (and stopped again); bench/arc.py starts its own Slurm, test CA and A-REX under
+# /tmp/apf-bench-arc the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv; .venv/bin/python -m pip install -q -e '.[test]'; }
@@ -13,6 +14,8 @@ echo "== bench/slurm_submit.py (real local Slurm)"
 .venv/bin/python bench/slurm_submit.py
 echo "== bench/arc.py (real A-REX with Slurm: 100 pilots in one cycle vs 100 arcsub; status of 1,000 jobs)"
 .venv/bin/python bench/arc.py
+echo "== bench/cloud.py (moto's EC2 server: 100 VMs in one cycle, poll + reconcile of 1,000)"
+.venv/bin/python bench/cloud.py
 echo "== apf simulate (two months of the example cascade at a 10-minute step)"
 .venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
   --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \

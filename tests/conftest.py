@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-# session fixtures of further components, each in its own module
-pytest_plugins = ["tests.components_grid"]
+# session fixtures of further components, each in its own module: the grid (test CA, VOMS,
+# MyProxy, A-REX) and the clouds (moto with faults, the OpenStack stub, Slurm with FUTURE slots,
+# vmboot)
+pytest_plugins = ["tests.components_grid", "tests.components_cloud"]
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = REPO / "scripts" / "components"

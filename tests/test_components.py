@@ -85,7 +85,7 @@ def test_postgres(postgres_server, postgres_url) -> None:  # type: ignore[no-unt
 
 def test_moto_ec2(moto_endpoint) -> None:  # type: ignore[no-untyped-def]
     ec2 = moto_endpoint.client("ec2")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = ec2.register_image(Name="apf-test", RootDeviceName="/dev/xvda")["ImageId"]
     run = ec2.run_instances(
         ImageId=image, MinCount=2, MaxCount=2,
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "apf", "Value": "test"}]}],

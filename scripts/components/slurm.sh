@@ -23,6 +23,12 @@
 #   APF_SLURM_DBD_PORT    [6819]            slurmdbd port (next free one if taken)
 #   APF_SLURM_DB_PORT     [3306]            MariaDB port on 127.0.0.1 (next free one if taken)
 #   APF_SLURMD_PORT       [17001]           first slurmd port; each node takes the next free one
+#   APF_SLURM_FUTURE      [0]               number of State=FUTURE nodes f1..fN (VM slots: hidden until a
+#                                           slurmd for them starts; see tests/components_cloud.py)
+#   APF_SLURM_FUTURE_PARTITION [cloud]      the partition holding the FUTURE nodes
+#   APF_SLURM_FUTURE_PORT [random 27000-29999]  first FUTURE slurmd port. Nothing listens on a FUTURE
+#                                           node's port until its slurmd starts, so other clusters on the
+#                                           host could take it: keep them far from the static nodes' range
 #
 # Notes: slurmd binds 127.0.0.1 (NoInAddrAny); slurmctld and slurmdbd 22.05 still bind every address.
 # munged is shared by every cluster on the host; stop only stops it when this script started it and
@@ -40,6 +46,8 @@ ACCT=${APF_SLURM_ACCOUNTING:-1}
 CLUSTER=${APF_SLURM_CLUSTER:-apfci}
 PARTITION=${APF_SLURM_PARTITION:-debug}
 MINJOBAGE=${APF_SLURM_MINJOBAGE:-300}
+FUTURE=${APF_SLURM_FUTURE:-0}
+FUTURE_PARTITION=${APF_SLURM_FUTURE_PARTITION:-cloud}
 export SLURM_CONF=$BASE/slurm.conf
 
 cluster_idle() {
@@ -104,6 +112,16 @@ EOF
     port=$(( port + 1 ))
   done
   echo "PartitionName=$PARTITION Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
+  if [ "$FUTURE" -gt 0 ]; then
+    # VM slots: each has its own port (several slurmd on one address), hidden until its slurmd starts
+    port=${APF_SLURM_FUTURE_PORT:-$(( 27000 + RANDOM % 3000 ))}
+    for (( i = 1; i <= FUTURE; i++ )); do
+      port=$(pick_port "$port")
+      echo "NodeName=f$i NodeHostname=localhost NodeAddr=127.0.0.1 Port=$port CPUs=1 RealMemory=1000 Feature=cloud State=FUTURE" >>"$SLURM_CONF"
+      port=$(( port + 1 ))
+    done
+    echo "PartitionName=$FUTURE_PARTITION Nodes=f[1-$FUTURE] MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
+  fi
   chmod 644 "$SLURM_CONF"
 }
 
@@ -197,6 +215,8 @@ APF_SLURM_BASE=$BASE
 APF_SLURM_CLUSTER=$CLUSTER
 APF_SLURM_PARTITION=$PARTITION
 APF_SLURM_NODES=$(seq -s, -f 'n%g' 1 "$NODES")
+APF_SLURM_FUTURE_NODES=$( [ "$FUTURE" -gt 0 ] && seq -s, -f 'f%g' 1 "$FUTURE" || true)
+APF_SLURM_FUTURE_PARTITION=$FUTURE_PARTITION
 APF_SLURM_ACCOUNTING=$ACCT
 APF_SLURM_CTLD_PORT=$ctld_port
 APF_SLURM_DBD_PORT=$dbd_port

@@ -164,6 +164,8 @@ def local_report(conf: str, now: float | None = None) -> StatusReport | None:
         store_error=store_error,
         failed_queues=failed,
         credentials=credentials,
+        # per cloud endpoint: leaked VMs now, adopted/terminated/interrupted totals
+        cloud=engine.get("cloud", {}) if isinstance(engine.get("cloud"), dict) else {},
     )
 
 
@@ -284,6 +286,12 @@ def print_table(report: StatusReport) -> None:
         print(f"dashboard: {report.web}")
     if running and report.metrics:
         print(f"metrics: {report.metrics}")
+    for label, c in report.cloud.items():
+        print(
+            f"cloud {label}: {c.get('leaked', 0)} leaked VMs (tagged, unknown, their queue gone); "
+            f"{c.get('adopted', 0)} adopted, {c.get('terminated_leaks', 0)} leaks terminated, "
+            f"{c.get('interrupted', 0)} interrupted by the provider"
+        )
     if (report.pollers or report.targets) and not running:
         print(f"last known at {_when(report.daemon_status_time)} (the daemon is not running):")
     prefix = "" if running else "  "

@@ -134,7 +134,8 @@ class CompletionHandler:
             self._settle(rt, completion, action)
         if rt is None:  # removed by a reload meanwhile
             return
-        changed = completion.error is None
+        # a cleanup changes no pilot the next decision counts: it must not delay a cascade's re-drive
+        changed = completion.error is None and job.action is not None
         m = rt.memory
         rt.memory = QueueMemory(  # the constructor, not dataclasses.replace: once per action
             m.decided_once,
@@ -162,6 +163,7 @@ class CompletionHandler:
     def _settle(self, rt: QueueRuntime | None, completion: Completion, action: Submit) -> None:
         job = completion.job
         assert job.intent_id is not None
+        self.state.inflight_intents.discard(job.intent_id)
         pilots = completion.pilots
         if completion.error is not None:
             settlement = Settlement(

@@ -33,5 +33,8 @@ class Observer:
     def on_store(self, ok: bool, error: str | None) -> None:
         """The store started failing (``ok`` False) or works again."""
 
+    def on_interrupted(self, queue: str, instance_id: str, reason: str, spot: bool) -> None:
+        """The provider stopped one of the queue's VMs (a spot interruption, capacity)."""
+
     def on_stop(self) -> None:
         pass

@@ -47,6 +47,7 @@ from autopyfactory.engine.reload import Loader, Reloader, ReloadResult
 from autopyfactory.engine.report import Reporter, status_path
 from autopyfactory.engine.state import CascadeRuntime, EngineState, QueueRuntime, TargetState
 from autopyfactory.model import Plan, Submit, Supply
+from autopyfactory.plugins.base import Interruption
 from autopyfactory.store.api import IntentRequest, PassResult, Store, StoreError
 
 log = logging.getLogger("autopyfactory.factory")
@@ -93,7 +94,13 @@ class Factory:
             clock=clock,
             on_health=self._store_health,
         )
-        self.reconciler = Reconciler(self.state, self.store, self.recorder)
+        self.reconciler = Reconciler(
+            self.state,
+            self.store,
+            self.recorder,
+            run_action=self._run_action,
+            on_interrupted=self._interrupted,
+        )
         self.executor = Executor(config.settings.executor_workers)
         self.actuator = Actuator(self.state, self.executor, clock)
         self.actuator.on_complete = self._wake_loop
@@ -269,6 +276,7 @@ class Factory:
                         continue  # the quota granted nothing
                     if self.reconciler.adopting:
                         self.state.my_intents.add(intent_id)
+                    self.state.inflight_intents.add(intent_id)
                     jobs.append(
                         Job(rt.name, target, Submit(rt.name, n), intent_id, tier=rt.cascade is not None)
                     )
@@ -338,6 +346,17 @@ class Factory:
                 f"{poller.label}: answers again after failing for {now - result.recovered_after:.0f}s",
             )
         self._wake_loop()
+
+    def _run_action(self, target: str, fn: Callable[[], None]) -> None:
+        """Backend work the loop wants done off its thread (in ``step``: now)."""
+        if self.actuator.inline:
+            fn()
+        else:
+            self.executor.submit(target, fn)
+
+    def _interrupted(self, item: Interruption) -> None:
+        for observer in self.observers:
+            safe(observer.on_interrupted, item.queue, item.instance_id, item.reason, item.spot)
 
     def _kick_poller(self, rt: QueueRuntime) -> None:
         thread = self._threads.get(id(rt.batch_poller))

@@ -19,6 +19,8 @@ Metrics (label ``queue`` unless noted):
 * ``apf_cycle_duration_seconds`` (histogram), ``apf_cycle_last_duration_seconds``,
   ``apf_cycle_queues_decided``
 * ``apf_factory_info`` — label ``factory``, value 1
+* ``apf_store_up`` — 1 while the store accepts writes, 0 while it fails
+* ``apf_vm_interruptions_total`` — VMs the provider stopped (labels ``queue``, ``reason``)
 """
 
 from __future__ import annotations
@@ -117,6 +119,14 @@ class Metrics(Observer):
             "apf_cycle_last_duration_seconds", "duration of the last decision cycle", registry=r
         )
         self.cycle_queues = Gauge("apf_cycle_queues_decided", "queues decided in the last cycle", registry=r)
+        self.store_up = Gauge("apf_store_up", "1 while the store accepts the factory's writes", registry=r)
+        self.store_up.set(1)
+        self.interruptions = Counter(
+            "apf_vm_interruptions",
+            "VMs the provider stopped (spot, capacity)",
+            ["queue", "reason"],
+            registry=r,
+        )
         r.register(_PollerCollector(self))
         self.info.labels(factory=factory_id).set(1)
 
@@ -188,6 +198,15 @@ class Metrics(Observer):
             self.failures.labels(queue=queue).inc()
         except Exception:
             log.exception("metrics on_action_failed")
+
+    def on_store(self, ok: bool, error: str | None) -> None:
+        self.store_up.set(1 if ok else 0)
+
+    def on_interrupted(self, queue: str, instance_id: str, reason: str, spot: bool) -> None:
+        try:
+            self.interruptions.labels(queue=queue, reason=reason or "unknown").inc()
+        except Exception:
+            log.exception("metrics on_interrupted")
 
     def on_cycle(self, duration: float, queues_decided: int, now: float) -> None:
         try:

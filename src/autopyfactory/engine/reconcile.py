@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +19,7 @@ from autopyfactory.engine.pollers import Poller
 from autopyfactory.engine.record import Recorder
 from autopyfactory.engine.state import EngineState
 from autopyfactory.model import BatchSnapshot, Pilot, PilotState
-from autopyfactory.plugins.base import BatchStatusPlugin
+from autopyfactory.plugins.base import BatchStatusPlugin, Interruption
 from autopyfactory.store.api import Settlement, Store, StoreError
 
 log = logging.getLogger("autopyfactory.factory")
@@ -28,10 +28,21 @@ _ACTIVE = [s.value for s in PilotState if s.active]
 
 
 class Reconciler:
-    def __init__(self, state: EngineState, store: Store, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        state: EngineState,
+        store: Store,
+        recorder: Recorder,
+        run_action: Callable[[str, Callable[[], None]], None] | None = None,
+        on_interrupted: Callable[[Interruption], None] | None = None,
+    ) -> None:
+        """``run_action(target, fn)`` runs backend work off the loop (removing leaked resources);
+        ``on_interrupted`` hears of resources the provider stopped (metrics)."""
         self.state = state
         self.store = store
         self.recorder = recorder
+        self.run_action = run_action or (lambda _target, fn: fn())
+        self.on_interrupted = on_interrupted
         # per batch poller: every pilot it last reported (or we just submitted), by (queue, id)
         self._known: dict[int, dict[tuple[str, str], Pilot]] = {}
         self._absorbed: dict[int, float] = {}
@@ -84,6 +95,9 @@ class Reconciler:
         for name in mine:
             self.state.pilots[name] = tuple(by_queue.get(name, ()))
         if not self.recorder.dry_run:
+            plugin = poller.plugin
+            if isinstance(plugin, BatchStatusPlugin) and plugin.reconciles_leaks:
+                self._leaks(poller, plugin, now)  # against what we knew before this poll
             self.recorder.pilots(self._changes(poller, snap))
             if id(poller) not in self._adopted:
                 self._adopt(poller, snap, now)
@@ -95,6 +109,44 @@ class Reconciler:
                 f"{poller.label}: pilots tagged for queues not configured: {', '.join(unknown[:10])}",
             )
         self._absorbed[id(poller)] = snap.time
+
+    def _leaks(self, poller: Poller, plugin: BatchStatusPlugin, now: float) -> None:
+        """Tagged resources nobody recorded: adopted when their queue exists, else terminated after
+        the plugin's grace (an action, off the loop); provider interruptions become events."""
+        queues = set(self.state.queues)
+        known = {bid for (queue, bid) in self._known.get(id(poller), {}) if queue in queues}
+        open_ids = self.state.my_intents | self.state.inflight_intents
+        report = plugin.reconcile_leaks(known, open_ids, queues, now)
+        if report.adopt:
+            self.recorder.pilots(report.adopt)
+            for queue in sorted({p.queue for p in report.adopt}):
+                ids = [p.backend_id for p in report.adopt if p.queue == queue]
+                self.recorder.event(
+                    "adopt",
+                    f"{poller.label}: adopted {len(ids)} tagged resources nobody recorded: {', '.join(ids[:10])}",
+                    queue,
+                )
+        if report.terminate:
+            ids = list(report.terminate)
+            self.recorder.event(
+                "leak",
+                f"{poller.label}: terminating {len(ids)} leaked resources (their queue is gone): {', '.join(ids[:10])}",
+            )
+
+            def remove(ids: list[str] = ids) -> None:
+                try:
+                    plugin.terminate_leaked(ids)
+                except Exception as exc:
+                    self.recorder.event("leak", f"{poller.label}: cannot terminate leaked resources: {exc}")
+
+            self.run_action(f"leaks:{poller.label}", remove)
+        for item in plugin.take_interruptions():
+            kind = "spot interruption" if item.spot else "stopped by the provider"
+            self.recorder.event(
+                "interrupted", f"{item.instance_id}: {kind}: {item.reason}", item.queue, time=item.time
+            )
+            if self.on_interrupted is not None:
+                self.on_interrupted(item)
 
     def _changes(self, poller: Poller, snap: BatchSnapshot) -> list[Pilot]:
         """Compared with the last poll: state changes, and active pilots the endpoint dropped."""

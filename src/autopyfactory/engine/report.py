@@ -22,6 +22,7 @@ from autopyfactory.engine.observe import Snapshot
 from autopyfactory.engine.record import Recorder
 from autopyfactory.engine.state import EngineState
 from autopyfactory.model import Decision, Plan
+from autopyfactory.plugins.base import BatchStatusPlugin
 
 log = logging.getLogger("autopyfactory.factory")
 
@@ -113,6 +114,12 @@ class Reporter:
                     "cascade": r.cascade,
                 }
                 for r in state.queues.values()
+            },
+            # per cloud endpoint: leaked resources now, adopted / terminated / interrupted totals
+            "cloud": {
+                p.label: p.plugin.counters()
+                for p in state.pollers.values()
+                if isinstance(p.plugin, BatchStatusPlugin) and p.plugin.reconciles_leaks
             },
             "failed_queues": {**state.failed, **{r.name: r.error for r in state.queues.values() if r.error}},
             "cascades": {

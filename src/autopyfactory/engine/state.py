@@ -165,6 +165,8 @@ class EngineState:
     pilots: dict[str, tuple[Pilot, ...]] = field(default_factory=dict)
     # intents this process opened and has not settled (adoption must not settle them)
     my_intents: set[str] = field(default_factory=set)
+    # intents whose submission is dispatched and not completed (their pilots are not leaks)
+    inflight_intents: set[str] = field(default_factory=set)
     # queues that could not be built at all (a status plugin failed to start), with why
     built_failed: dict[str, str] = field(default_factory=dict)
     # queues left out before the factory was built (their start-up checks failed), with why

@@ -12,7 +12,7 @@ attribute and overrides the matching method (``BatchStatusPlugin.settles`` + ``s
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -46,6 +46,26 @@ __all__ = [
 # Poll timing when neither the plugin nor [Factory] says otherwise (APF's names: ``sleep``, ``maxage``)
 DEFAULT_INTERVAL = 60.0
 DEFAULT_MAXAGE = 360.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeakReport:
+    """Tagged resources of this factory the store does not know (a leak reconciler's verdict)."""
+
+    adopt: tuple[Pilot, ...] = ()  # to record (their queue is configured)
+    terminate: tuple[str, ...] = ()  # ids to remove now (their queue is gone, past the grace)
+    waiting: int = 0  # unknown ones still within their grace
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """A resource the provider stopped or terminated (spot interruption, capacity)."""
+
+    time: float
+    queue: str
+    instance_id: str
+    reason: str
+    spot: bool
 
 
 class BackendError(Exception):
@@ -145,6 +165,10 @@ class BatchStatusPlugin(StatusPlugin):
     kind = "batchstatus"
     # True when ``settle`` can tell what became of pilots a poll no longer lists
     settles: ClassVar[bool] = False
+    # True when the endpoint lists tagged resources the store may not know (cloud VMs): the engine
+    # then calls ``reconcile_leaks`` after each poll, ``terminate_leaked`` on an action thread,
+    # and reads ``take_interruptions`` and ``counters``
+    reconciles_leaks: ClassVar[bool] = False
 
     def register(self, queue: QueueConfig) -> None:
         """Called for every queue that uses this endpoint, before the first poll and on reload."""
@@ -152,6 +176,27 @@ class BatchStatusPlugin(StatusPlugin):
     def poll(self, now: float) -> BatchSnapshot:
         """Every pilot tagged with this factory's id at this endpoint. Raise BackendError on failure."""
         raise NotImplementedError
+
+    def reconcile_leaks(
+        self,
+        known_ids: Collection[str],
+        open_intent_ids: Collection[str],
+        configured_queues: Collection[str],
+        now: float,
+    ) -> LeakReport:
+        """Loop thread, after a poll, no I/O: what to adopt and what to terminate."""
+        return LeakReport()
+
+    def terminate_leaked(self, ids: Sequence[str]) -> None:
+        """Action thread: remove leaked resources."""
+
+    def take_interruptions(self) -> list[Interruption]:
+        """After a poll: resources the provider stopped since the last call."""
+        return []
+
+    def counters(self) -> dict[str, int]:
+        """For ``apf status``: leaked now, and adopted / terminated / interrupted totals."""
+        return {}
 
     def settle(self, pilots: Sequence[Pilot], now: float) -> Sequence[Pilot]:
         """Pilots the store thinks active but a poll no longer lists (after a restart): return what

@@ -116,6 +116,8 @@ class StatusReport(_Record):
     failed_queues: dict[str, str] = Field(default_factory=dict)
     # auth profiles' health as the credential manager last wrote it (no secret in it)
     credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # per cloud endpoint: leaked VMs now, adopted / terminated / interrupted totals
+    cloud: dict[str, dict[str, int]] = Field(default_factory=dict)
 
 
 class Series(_Record):

@@ -1,0 +1,197 @@
+"""The Script backend: real scripts in a temp dir speaking the JSON contract, run locally and over the
+real sshd as another user; tags, idempotent create, partial fulfilment, capacity, retire, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopyfactory.model import PilotState, PilotTags
+from autopyfactory.plugins.base import BackendError
+from autopyfactory.plugins.cloud.script import ScriptStatus, ScriptSubmit
+from tests.helpers import write
+
+FACTORY = "cloudtest"
+
+# A fake cloud: one JSON state file, the four actions of the contract (docs/cloud.md).
+FAKECLOUD = r"""#!/usr/bin/env python3
+import fcntl, json, os, pwd, sys, time, uuid
+
+state_path = sys.argv[1]
+req = json.load(sys.stdin)
+with open(state_path + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with open(state_path) as fh:
+            state = json.load(fh)
+    except FileNotFoundError:
+        state = {"instances": {}, "tokens": {}, "limit": None}
+    insts, action = state["instances"], req["action"]
+    out = {}
+    if req.get("version") != 1 or req.get("factory_id") is None:
+        print(json.dumps({"error": "bad request"})); sys.exit(2)
+    if action == "create":
+        token = req["client_token"]
+        if token not in state["tokens"]:
+            live = sum(1 for i in insts.values() if i["state"] != "terminated")
+            room = req["count"] if state["limit"] is None else min(req["count"], state["limit"] - live)
+            if room < req["min_count"]:
+                print(json.dumps({"error": f"no capacity: {live} of {state['limit']} in use", "capacity": True}))
+                sys.exit(3)
+            ids = []
+            for _ in range(room):
+                iid = "vm-" + uuid.uuid4().hex[:10]
+                insts[iid] = {"id": iid, "state": "running", "tags": req["tags"], "launched_at": time.time(),
+                              "user_data": req["user_data"], "created_by": pwd.getpwuid(os.getuid()).pw_name}
+                ids.append(iid)
+            state["tokens"][token] = ids
+        out = {"instances": [insts[i] for i in state["tokens"][token]]}
+    elif action == "status":
+        want = req["tags"]
+        out = {"instances": [i for i in insts.values() if all(i["tags"].get(k) == v for k, v in want.items())]}
+    elif action in ("retire", "terminate"):
+        for iid in req["ids"]:
+            if iid in insts:
+                insts[iid]["tags"].update(req["tags"])
+                if action == "terminate":
+                    insts[iid]["state"] = "terminated"
+    else:
+        print(json.dumps({"error": "unknown action " + action})); sys.exit(2)
+    tmp = state_path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(state, fh)
+    os.replace(tmp, state_path)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Path:
+    """The fake cloud's directory: fakecloud.py and its state file."""
+    d = tmp_path / "cloud"
+    write(d / "fakecloud.py", FAKECLOUD).chmod(0o755)
+    return d
+
+
+def state(d: Path) -> dict[str, Any]:
+    return json.loads((d / "state.json").read_text())
+
+
+def set_limit(d: Path, limit: int) -> None:
+    s = state(d) if (d / "state.json").exists() else {"instances": {}, "tokens": {}}
+    s["limit"] = limit
+    (d / "state.json").write_text(json.dumps(s))
+
+
+def queue(make_queue: Any, d: Path, **keys: str) -> Any:
+    cmd = f"python3 {d / 'fakecloud.py'} {d / 'state.json'}"
+    base = {f"batchsubmit.script.{a}": cmd for a in ("create", "status", "retire", "terminate")}
+    keys = {k if k.startswith("batch") else f"batchsubmit.script.{k}": v for k, v in keys.items()}
+    return make_queue("SQ", {**base, **keys}, submit="Script")
+
+
+def plugins(q: Any, ctx: Any) -> tuple[ScriptSubmit, ScriptStatus]:
+    sub = ScriptSubmit(q, q.batchsubmit.options, ctx)
+    status = ScriptStatus(ScriptStatus.endpoint(q, ctx), ctx)
+    status.register(q)
+    return sub, status
+
+
+def test_create_status_retire_terminate_locally(cloud: Path, make_queue: Any, make_factory: Any) -> None:
+    sub, status = plugins(queue(make_queue, cloud, **{"retire.grace": "0"}), make_factory(FACTORY))
+    tags = PilotTags(FACTORY, "SQ", "0123456789ab")
+    pilots = sub.submit(3, tags, 1000.0)
+    assert len(pilots) == 3
+    insts = state(cloud)["instances"]
+    assert {i["tags"]["apf:intent"] for i in insts.values()} == {"0123456789ab"}
+    assert all("autopyfactory VM of factory cloudtest, queue SQ" in i["user_data"] for i in insts.values())
+    # the same intent again (a retry): the script honours the client token, nothing new
+    assert [p.backend_id for p in sub.submit(3, tags, 1000.0)] == [p.backend_id for p in pilots]
+    assert len(state(cloud)["instances"]) == 3
+    a, b, c = (p.backend_id for p in pilots)
+    sub.cancel([a])
+    sub.retire([b])
+    assert state(cloud)["instances"][b]["tags"]["apf:retire"].isdigit()
+    snap = {p.backend_id: p.state for p in status.poll(1000.0).pilots}
+    assert snap == {a: PilotState.CANCELLED, b: PilotState.RETIRING, c: PilotState.RUNNING}
+    now = time.time() + 1  # no pool: a retiring VM ends at retire.grace (0)
+    sub.cleanup(list(status.poll(now).pilots), now)
+    assert {i["id"]: i["state"] for i in state(cloud)["instances"].values()} == {
+        a: "terminated",
+        b: "terminated",
+        c: "running",
+    }
+
+
+def test_partial_fulfilment_and_capacity(cloud: Path, make_queue: Any, make_factory: Any) -> None:
+    set_limit(cloud, 2)
+    sub, _ = plugins(queue(make_queue, cloud), make_factory(FACTORY))
+    assert len(sub.submit(5, PilotTags(FACTORY, "SQ", "aaaaaaaaaaaa"), 1000.0)) == 2
+    with pytest.raises(BackendError) as info:
+        sub.submit(1, PilotTags(FACTORY, "SQ", "bbbbbbbbbbbb"), 1000.0)
+    assert info.value.capacity and "no capacity: 2 of 2 in use" in info.value.message
+
+
+def test_bad_scripts_are_clear_errors(
+    cloud: Path, tmp_path: Path, make_queue: Any, make_factory: Any
+) -> None:
+    noisy = write(tmp_path / "noisy.sh", "#!/bin/sh\necho 'hello, I am not JSON'\n")
+    failing = write(
+        tmp_path / "failing.sh", "#!/bin/sh\necho 'cannot reach the IPMI controller' >&2\nexit 4\n"
+    )
+    noinstances = write(tmp_path / "noinst.sh", '#!/bin/sh\necho \'{"instances": [{"state": "running"}]}\'\n')
+    for script in (noisy, failing, noinstances):
+        script.chmod(0o755)
+    ctx = make_factory(FACTORY)
+    cases = [
+        (noisy, "create command .*noisy.sh printed no JSON: 'hello, I am not JSON'"),
+        (failing, r"create command .*failing.sh failed \(exit 4\): cannot reach the IPMI controller"),
+        (noinstances, "create command: an instance needs a non-empty string 'id'"),
+        (tmp_path / "missing.sh", "missing.sh' not found"),
+    ]
+    for script, message in cases:
+        sub, _ = plugins(queue(make_queue, cloud, create=str(script)), ctx)
+        with pytest.raises(BackendError, match=message) as info:
+            sub.submit(1, PilotTags(FACTORY, "SQ", "cccccccccccc"), 1000.0)
+        assert not info.value.capacity
+
+
+def test_over_ssh_as_another_user(cloud: Path, ssh_target: Any, make_queue: Any, make_factory: Any) -> None:
+    remote = ssh_target.workdir / f"fakecloud-{cloud.parent.name}"
+    shutil.copytree(cloud, remote)
+    shutil.chown(remote, user=ssh_target.user)
+    ctx = make_factory(
+        FACTORY,
+        auth={
+            "key": (
+                "SSH",
+                {
+                    "ssh.privatekeyfile": str(ssh_target.key),
+                    "ssh.knownhostsfile": str(ssh_target.known_hosts),
+                },
+            )
+        },
+    )
+    q = queue(
+        make_queue,
+        remote,
+        host=ssh_target.host,
+        port=str(ssh_target.port),
+        user=ssh_target.user,
+        authprofile="key",
+    )
+    sub, status = plugins(q, ctx)
+    assert sub.target() == f"script:python3@{ssh_target.user}@{ssh_target.host}:{ssh_target.port}"
+    pilots = sub.submit(2, PilotTags(FACTORY, "SQ", "dddddddddddd"), 1000.0)
+    assert {i["created_by"] for i in state(remote)["instances"].values()} == {ssh_target.user}
+    assert {p.backend_id for p in status.poll(1000.0).pilots} == {p.backend_id for p in pilots}
+    sub.retire([pilots[0].backend_id], kill=True)
+    assert {p.backend_id: p.state for p in status.poll(1001.0).pilots}[
+        pilots[0].backend_id
+    ] is PilotState.DONE
+    shutil.rmtree(remote)
