@@ -119,6 +119,11 @@ authbasedir = ~/etc/autopyfactory/auth
 def apf24(tmp_path: Path) -> Path:
     write(tmp_path / "queues.conf", APF24_QUEUES)
     write(tmp_path / "auth.conf", APF24_AUTH)
+    # APF <= 2.4.10's ProxyManager file: read as X509 profiles (issue 10), not an obsolete key
+    write(
+        tmp_path / "proxy.conf",
+        "[atlas-legacy]\nproxyfile = /tmp/legacyProxy\nvorole = atlas:/atlas/Role=production\n",
+    )
     write(
         tmp_path / "monitor.conf",
         "[apfmon]\nmonitorplugin = Dummy\nmonitorURL = http://apfmon.lancs.ac.uk/api\n",
@@ -149,8 +154,7 @@ def test_an_apf24_installation_loads_with_warnings_naming_each_old_key(apf24: Pa
         ("sched.activated.max_pilots_per_cycle", "use Ready with MaxPerCycle"),
         ("override", "remove it"),
         ("monitorURL", "belongs in monitor.conf"),
-        ("proxymanager.enabled", "put X509 profiles in auth.conf"),
-        ("proxyConf", "put X509 profiles in auth.conf"),
+        ("proxymanager.enabled", "the credential manager renews the profiles"),
         ("monitor.section", "monitorsection"),
         ("cyclesToDo", "use cycles"),
         ("config.queues.agis.baseurl", "AGIS was retired"),

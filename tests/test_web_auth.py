@@ -261,7 +261,7 @@ def test_bad_addresses_are_config_errors_with_file_and_line(tmp_path: Path) -> N
     out = subprocess.run([APF, "check", "--conf", str(conf)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "autopyfactory.conf:" in out.stderr + out.stdout and "web.address" in out.stderr + out.stdout
-    assert "bad port" in out.stderr + out.stdout
+    assert "expected host:port" in out.stderr + out.stdout
 
 
 def test_old_metrics_address_still_names_the_dashboard_address(tmp_path: Path) -> None:

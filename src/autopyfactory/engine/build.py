@@ -187,7 +187,14 @@ class Builder:
             if monitor is not None:
                 monitors.append(monitor)
         # the auth profiles its plugins' keys name (their options declare them)
-        credentials = queue_profiles(qc, self.ctx.auth_profiles)
+        credentials: tuple[str, ...] = ()
+        try:
+            credentials = queue_profiles(qc, self.ctx.auth_profiles)
+        except PluginError as exc:  # a profile name that is not defined: the queue cannot act
+            error = error or str(exc)
+            if submitter is not None:
+                close_submitter_plugin(submitter)
+                submitter = None
         return QueueRuntime(
             qc,
             sched,
@@ -222,7 +229,11 @@ class Builder:
 
 def close_submitter(runtime: QueueRuntime) -> None:
     if runtime.submitter is not None:
-        try:
-            runtime.submitter.close()
-        except Exception:
-            log.exception("queue %s: close failed", runtime.name)
+        close_submitter_plugin(runtime.submitter)
+
+
+def close_submitter_plugin(submitter: BatchSubmitPlugin) -> None:
+    try:
+        submitter.close()
+    except Exception:
+        log.exception("queue %s: close failed", submitter.queue.name)

@@ -33,7 +33,7 @@ from autopyfactory.plugins.base import (
     SubmitOptions,
 )
 from autopyfactory.plugins.batch import script as pilot_script
-from autopyfactory.plugins.batch.script import parse_environ
+from autopyfactory.plugins.batch.script import parse_environ, resolve_executable
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -79,19 +79,6 @@ def pilot_environment(
         }
     )
     return env
-
-
-def resolve_executable(queue: QueueConfig) -> str:
-    """A relative ``executable`` is looked up beside the config file that set it, then on PATH."""
-    exe = queue.settings.executable or ""
-    if os.path.isabs(exe):
-        return exe
-    origin = queue.origin.get("executable")
-    if origin:
-        candidate = Path(origin).parent / exe
-        if candidate.exists():
-            return str(candidate.resolve())
-    return exe
 
 
 class LocalSubmitOptions(SubmitOptions):

@@ -8,11 +8,13 @@ executable, is the same for every backend. Pure code: no I/O.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autopyfactory.plugins.base import BackendError
@@ -118,3 +120,16 @@ def render(spec: ScriptSpec) -> str:
         command += f" {spec.arguments}"
     lines.append(f"exec {command}")
     return "\n".join(lines) + "\n"
+
+
+def resolve_executable(queue: QueueConfig) -> str:
+    """A relative ``executable`` is looked up beside the config file that set it, then on PATH."""
+    exe = queue.settings.executable or ""
+    if os.path.isabs(exe):
+        return exe
+    origin = queue.origin.get("executable")
+    if origin:
+        candidate = Path(origin).parent / exe
+        if candidate.exists():
+            return str(candidate.resolve())
+    return exe

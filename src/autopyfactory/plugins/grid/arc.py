@@ -46,6 +46,7 @@ from autopyfactory.plugins.base import (
     SubmitOptions,
 )
 from autopyfactory.plugins.batch import script as pilot_script
+from autopyfactory.plugins.batch.script import resolve_executable
 from autopyfactory.plugins.grid import xrsl
 from autopyfactory.plugins.grid.arcrest import (
     ArcClient,
@@ -213,6 +214,7 @@ class ArcSubmit(BatchSubmitPlugin):
     name = "ARC"
     Options: ClassVar[type[PluginOptions]] = ArcSubmitOptions
     options: ArcSubmitOptions
+    has_cleanup = True  # each cycle: fetch ended pilots' output, clean them on the CE
 
     def __init__(self, queue: QueueConfig, options: PluginOptions, factory: FactoryContext) -> None:
         super().__init__(queue, options, factory)
@@ -223,7 +225,10 @@ class ArcSubmit(BatchSubmitPlugin):
         self.endpoint = endpoint_of(queue, factory)
         self.hostname = socket.gethostname()
         self.rsl_raw, self.rsl_env = self._operator_rsl()
-        self.executable = queue.settings.executable
+        # a relative path is looked up beside the config file that set it
+        self.executable = (
+            resolve_executable(queue) if not self.options.remote_executable else queue.settings.executable
+        )
         self._staged = self._stage_plan()
         self._cleaned: set[str] = set()
         self._warned_no_drain = False
