@@ -69,18 +69,6 @@ class PreflightReport:
         return not self.errors
 
 
-def factory_context(config: FactoryConfig) -> FactoryContext:
-    """The context the engine lends plugins (the same fields ``Factory`` fills in)."""
-    urls = [m.monitorURL for m in config.monitors.values() if m.monitorURL]
-    return FactoryContext(
-        factory_id=config.factory_id,
-        settings=config.settings,
-        auth_profiles=dict(config.auth),
-        state_dir=config.settings.state_path,
-        monitor_url=urls[0] if len(urls) == 1 else None,
-    )
-
-
 def check_factory(
     config: FactoryConfig,
     *,
@@ -101,7 +89,7 @@ def check_factory(
             findings += check_directory(path, what)
     if store:
         findings += check_store(settings.database_url(), timeout=timeout)
-    ctx = factory_context(config)
+    ctx = FactoryContext.of(config)
     queues = config.active_queues()
     for queue in queues:
         findings += check_queue_auth(queue, config)

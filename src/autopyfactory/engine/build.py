@@ -34,17 +34,6 @@ P = TypeVar("P")
 EventSink = Callable[[str, str, str | None], None]
 
 
-def context(config: FactoryConfig) -> FactoryContext:
-    urls = [m.monitorURL for m in config.monitors.values() if m.monitorURL]
-    return FactoryContext(
-        factory_id=config.factory_id,
-        settings=config.settings,
-        auth_profiles=dict(config.auth),
-        state_dir=config.settings.state_path,
-        monitor_url=urls[0] if len(urls) == 1 else None,
-    )
-
-
 def plugin_class(spec: PluginSpec, base: type[P]) -> type[P]:
     """The spec's class, checked to be of the expected kind."""
     cls: type = spec.cls
@@ -67,14 +56,14 @@ class Builder:
         self.on_poll = on_poll
         self.event = event
         self.last_intent_times = last_intent_times
-        self.ctx = context(state.config)
+        self.ctx = FactoryContext.of(state.config)
 
     def build(self, config: FactoryConfig) -> tuple[list[Poller], list[Poller]]:
         """(Re)build for ``config``. Returns (pollers added, pollers removed) so the caller can start
         and stop their threads."""
         state = self.state
         state.config = config
-        self.ctx = context(config)
+        self.ctx = FactoryContext.of(config)
         before = set(state.pollers)
         old = state.queues
         queues: dict[str, QueueRuntime] = {}

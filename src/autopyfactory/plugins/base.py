@@ -22,7 +22,7 @@ from autopyfactory.plugins.options import Plugin, PluginOptions, SubmitOptions, 
 from autopyfactory.plugins.registry import KINDS, PluginError, did_you_mean, load, names, register
 
 if TYPE_CHECKING:
-    from autopyfactory.config.models import AuthProfile, FactorySettings, QueueConfig
+    from autopyfactory.config.models import AuthProfile, FactoryConfig, FactorySettings, QueueConfig
 
 __all__ = [
     "KINDS",
@@ -88,6 +88,18 @@ class FactoryContext:
     auth_profiles: Mapping[str, AuthProfile] = field(default_factory=dict)
     state_dir: Path = Path("var")
     monitor_url: str | None = None
+
+    @classmethod
+    def of(cls, config: FactoryConfig) -> FactoryContext:
+        """The context the factory lends plugins for ``config`` (engine, start-up checks, libapf)."""
+        urls = [m.monitorURL for m in config.monitors.values() if m.monitorURL]
+        return cls(
+            factory_id=config.factory_id,
+            settings=config.settings,
+            auth_profiles=dict(config.auth),
+            state_dir=config.settings.state_path,
+            monitor_url=urls[0] if len(urls) == 1 else None,
+        )
 
     def auth(self, name: str) -> AuthProfile:
         try:
