@@ -114,11 +114,11 @@ def test_bad_values_name_their_key(tier: str, path: str, fragment: str) -> None:
 
 
 def test_several_problems_are_all_reported() -> None:
-    text = "cascades: [{name: c, tiers: [{queue: A, cap: x}, {queue: B, weight: 2}]}]"
+    text = "cascades: [{name: c, tiers: [{queue: A, cap: x}, {queue: B, wieght: 2}]}]"
     errors = errors_of(text)
     assert any("cascades[0].demand: required key is missing" in e for e in errors)
     assert any("cascades[0].tiers[0].cap" in e for e in errors)
-    assert any("cascades[0].tiers[1].weight: unknown key" in e for e in errors)
+    assert any("cascades[0].tiers[1].wieght: unknown key (did you mean 'weight'?)" in e for e in errors)
 
 
 def test_cross_document_rules() -> None:

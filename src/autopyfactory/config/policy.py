@@ -142,6 +142,11 @@ class Tier(_Doc):
     priority: int | None = Field(
         None, description="fill order: lower first; tiers without one keep their list position"
     )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="tiers of equal priority split the demand they take in proportion to their weights",
+    )
     drain: Drain = Field(default_factory=Drain)
     provisioning_deadline: Duration | None = Field(
         None, description="pilots not started within this mark the tier backed off"
@@ -164,9 +169,25 @@ class Cascade(_Doc):
     @property
     def ordered(self) -> tuple[Tier, ...]:
         """Tiers in fill order (scale-down runs it backwards)."""
-        indexed = list(enumerate(self.tiers))
-        indexed.sort(key=lambda it: (it[1].priority if it[1].priority is not None else it[0], it[0]))
-        return tuple(t for _, t in indexed)
+        return tuple(t for group in self.groups for t in group)
+
+    @property
+    def groups(self) -> tuple[tuple[Tier, ...], ...]:
+        """Tiers in fill order, tiers of equal priority together (they share demand by weight)."""
+        groups: list[list[Tier]] = []
+        last: int | None = None
+        for index, tier in sorted(enumerate(self.tiers), key=lambda it: (self._rank(it[0]), it[0])):
+            rank = self._rank(index)
+            if groups and rank == last:
+                groups[-1].append(tier)
+            else:
+                groups.append([tier])
+            last = rank
+        return tuple(tuple(g) for g in groups)
+
+    def _rank(self, index: int) -> int:
+        priority = self.tiers[index].priority
+        return priority if priority is not None else index
 
     def tier(self, queue: str) -> Tier:
         for t in self.tiers:

@@ -8,6 +8,7 @@ cascade's memory between cycles.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from autopyfactory.model import Action
 
 
+REPORTED_EVENTS = 1000
+
+
 @dataclass
 class CascadeRuntime:
     cascade: Cascade
@@ -34,8 +38,13 @@ class CascadeRuntime:
     last_scale_up: dict[str, float] = field(default_factory=dict)
     redrive: bool = False  # a tier failed this cycle: allocate again at once
     last: CascadeAllocation | None = None
+    # (condition, tier) pairs that hold (full, quota, spill, backoff): the allocation reports a
+    # condition when it starts to hold, so each change is reported once
     last_event_keys: frozenset[tuple[str, str]] = frozenset()
     decisions: int = 0
+    # the latest events reported, with their numbers (a bounded window for status pages and the
+    # simulator, which drains it)
+    reported: deque[PolicyEvent] = field(default_factory=lambda: deque(maxlen=REPORTED_EVENTS))
 
     @property
     def name(self) -> str:
@@ -72,6 +81,7 @@ def tier_state(
         backoff_until=backoff if backoff is not None and backoff > now else None,
         last_scale_up=cr.last_scale_up.get(tier.queue),
         capacity_hint=_capacity_hint(cr, tier.queue, supply.running),
+        conditions=frozenset(c for c, t in cr.last_event_keys if t == tier.queue),
     )
 
 
@@ -83,17 +93,15 @@ def _capacity_hint(cr: CascadeRuntime, queue: str, running: int) -> int | None:
 
 
 def learn_capacity(cr: CascadeRuntime, alloc: CascadeAllocation, states: dict[str, TierState]) -> None:
-    """A tier found full shows what it can run: remember its running count."""
+    """Remember what an allocation showed: a tier whose full condition held on what was observed
+    (its pilots are not starting) can run what it runs now, whatever combination of conditions
+    declared it full; and the conditions that hold now (the next allocation reports only those
+    that start to hold)."""
     for t in alloc.tiers:
         state = states.get(t.tier)
-        # full because pilots wait (not merely because we stopped at the hint)
-        if (
-            state is not None
-            and "full" in t.stopped_by
-            and state.running > 0
-            and state.pending > state.overdue
-        ):
+        if state is not None and t.observed_full and state.running > 0:
             cr.capacity_hint[t.tier] = state.running
+    cr.last_event_keys = frozenset((c, t.tier) for t in alloc.tiers for c in t.conditions)
 
 
 def tier_n(t: TierAllocation) -> int:
@@ -146,8 +154,9 @@ def tier_actions(t: TierAllocation, pilots: Sequence[Pilot], killorder: str) -> 
 
 
 def new_events(cr: CascadeRuntime, events: Sequence[PolicyEvent]) -> list[PolicyEvent]:
-    """Events are facts that hold every cycle; report each when it starts to hold."""
-    keys = frozenset((e.kind, e.tier) for e in events)
-    fresh = [e for e in events if (e.kind, e.tier) not in cr.last_event_keys]
-    cr.last_event_keys = keys
-    return fresh
+    """The events to record. The allocation already reports each condition once, when it starts
+    to hold (``learn_capacity`` keeps the conditions); this keeps a window of them with their
+    numbers (``n``, ``to``) for the simulator and status pages."""
+    out = list(events)
+    cr.reported.extend(out)
+    return out
