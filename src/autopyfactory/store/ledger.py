@@ -1,5 +1,10 @@
 """The quota ledger: durable per-tier counts of pilots started, per UTC period.
 
+A pilot counts from its submission (a reservation, so factories sharing the ledger can never
+exceed a quota together) and stops counting if it ends without ever starting (cancelled, failed
+or lost while pending: ``release_unstarted``). Net of those releases, the count is the pilots
+started plus those still pending.
+
 Every function works INSIDE the caller's transaction, so a reservation commits or rolls back
 together with the submission intent it belongs to: a crash between ``reserve`` and commit leaves
 no count, and a committed intent always has its count.
@@ -17,6 +22,12 @@ failed or created fewer pilots is settled with ``release``: a ``'release'`` entr
 stamped with the reservation's time, so it comes off the period the reservation was counted in,
 even when the release happens after a month rollover.
 
+Pilots that never started: when the engine records a pilot's final state and the pilot never
+ran, ``release_unstarted`` gives its count back (a ``'unstarted'`` entry of ``-1`` per pilot,
+stamped with the reservation's time). Each pilot is released at most once (the
+``ledger_unstarted`` table remembers which), and never more than its intent still holds, so
+reporting the same end twice, or after a partial-submission release, cannot go negative.
+
 Pilot-hours: they are not known when a pilot is submitted, so they are accounted from the
 ``pilots`` table: each pilot of the tier (``pilots.tier``, or ``pilots.queue`` when no tier is
 recorded) contributes the overlap of ``[started_at, ended_at or now]`` with the period. A
@@ -26,8 +37,10 @@ does not reserve hours ahead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import (
     Column,
@@ -48,6 +61,7 @@ from sqlalchemy.exc import IntegrityError
 
 from autopyfactory.config.policy import Quota
 from autopyfactory.decide.periods import Period
+from autopyfactory.model import PilotState
 from autopyfactory.store.schema import metadata, pilots
 
 # One row per tier: the lock every reservation for that tier takes first.
@@ -67,10 +81,34 @@ ledger_entries = Table(
     Column("time", Float, nullable=False),
     Column("count", Integer, nullable=False),
     Column("intent_id", String(64)),
-    Column("kind", String(16), nullable=False),  # reserve | release
+    Column("kind", String(16), nullable=False),  # reserve | release | unstarted
     Index("ix_ledger_entries_tier_time", "tier", "time"),
     Index("ix_ledger_entries_intent", "intent_id"),
 )
+
+# Pilots whose count was given back because they ended without starting (each at most once).
+ledger_unstarted = Table(
+    "ledger_unstarted",
+    metadata,
+    Column("intent_id", String(64), primary_key=True),
+    Column("backend_id", String(256), primary_key=True),
+    Column("time", Float, nullable=False),  # when the release was recorded
+)
+
+# states in which a pilot that never ran is over (UNKNOWN: it left the backend while pending);
+# DONE is not among them: a pilot that completed ran, whether or not its start time was reported
+_ENDED = frozenset({PilotState.CANCELLED, PilotState.FAILED, PilotState.UNKNOWN})
+_RAN = frozenset({PilotState.RUNNING, PilotState.RETIRING, PilotState.RETIRED})
+
+
+class EndedPilot(Protocol):
+    """What ``release_unstarted`` needs of a pilot (``model.Pilot`` has it)."""
+
+    @property
+    def intent_id(self) -> str | None: ...
+
+    @property
+    def backend_id(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +200,78 @@ def release(conn: Connection, intent_id: str, n_not_submitted: int) -> int:
         )
     )
     return give
+
+
+def never_started(state: PilotState, started_at: float | None, previous: PilotState | None = None) -> bool:
+    """Whether a pilot's report says it ended without ever running: cancelled, failed or lost, no
+    start time, and not last seen running (``previous``: its state before this
+    report, when known). The engine asks this for every pilot change it records."""
+    return state in _ENDED and started_at is None and previous not in _RAN
+
+
+def release_unstarted(conn: Connection, ended: Iterable[EndedPilot], now: float) -> int:
+    """Give back the quota count of pilots that ended without starting; returns how many.
+
+    Call it in the transaction that records those pilots' final state. The tier and period come
+    from each pilot's intent (its reservation), so pilots of queues that are not tiers (no
+    reservation) are ignored. Idempotent per pilot; never more than an intent still holds."""
+    by_intent: dict[str, set[str]] = defaultdict(set)
+    for pilot in ended:
+        if pilot.intent_id:
+            by_intent[pilot.intent_id].add(pilot.backend_id)
+    if not by_intent:
+        return 0
+    reservations: dict[str, tuple[str, float]] = {}
+    intents = sorted(by_intent)
+    for i in range(0, len(intents), 500):
+        rows = conn.execute(
+            select(ledger_entries.c.intent_id, ledger_entries.c.tier, ledger_entries.c.time).where(
+                ledger_entries.c.intent_id.in_(intents[i : i + 500]), ledger_entries.c.kind == "reserve"
+            )
+        )
+        for intent_id, tier, when in rows:
+            reservations.setdefault(intent_id, (tier, when))
+    by_tier: dict[str, list[str]] = defaultdict(list)
+    for intent_id, (tier, _) in reservations.items():
+        by_tier[tier].append(intent_id)
+    released = 0
+    for tier in sorted(by_tier):  # one lock order for every caller: no deadlock between factories
+        _lock_tier(conn, tier, now)
+        for intent_id in by_tier[tier]:
+            released += _release_pilots(
+                conn, tier, intent_id, reservations[intent_id][1], by_intent[intent_id], now
+            )
+    return released
+
+
+def _release_pilots(
+    conn: Connection, tier: str, intent_id: str, when: float, ids: set[str], now: float
+) -> int:
+    done = set(
+        conn.execute(
+            select(ledger_unstarted.c.backend_id).where(ledger_unstarted.c.intent_id == intent_id)
+        ).scalars()
+    )
+    fresh = sorted(ids - done)
+    if not fresh:
+        return 0
+    conn.execute(
+        sa_insert(ledger_unstarted),
+        [{"intent_id": intent_id, "backend_id": b, "time": now} for b in fresh],
+    )
+    held = conn.execute(
+        select(func.coalesce(func.sum(ledger_entries.c.count), 0)).where(
+            ledger_entries.c.intent_id == intent_id
+        )
+    ).scalar_one()
+    give = min(len(fresh), int(held))
+    if give > 0:
+        conn.execute(
+            sa_insert(ledger_entries).values(
+                tier=tier, time=when, count=-give, intent_id=intent_id, kind="unstarted"
+            )
+        )
+    return max(0, give)
 
 
 def usage(conn: Connection, tier: str, quotas: Sequence[Quota], now: float) -> list[QuotaUsage]:
