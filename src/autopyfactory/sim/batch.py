@@ -82,7 +82,7 @@ class SiteParams:
     drain_time: float = 0.0
 
 
-Listener = Callable[[str, str, Pilot], None]  # (site, "start" | "end", pilot)
+Listener = Callable[[str, str, Pilot], None]  # (site, "submit" | "start" | "end", pilot)
 
 
 class SimSite:
@@ -213,7 +213,7 @@ class SimSite:
             )
             self.pilots[pilot.backend_id] = pilot
             self._queue.append(pilot)
-            self._publish(pilot)
+            self._publish(pilot, "submit")
             created.append(pilot)
         self.advance(now)  # a pilot with no start delay and a free slot starts at once
         return [p.view() for p in created]
@@ -404,6 +404,11 @@ class SimSubmitOptions(SubmitOptions):
     )
     drain_time: Duration = Field(0.0, description="a retired (drained) pilot ends this long after retire")
     site: str | None = Field(None, description="site name (default: the queue name); queues may share one")
+    cost_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="price of a pilot-hour here, for simulation reports (a policy tier's own wins)",
+    )
 
 
 def _site_name(queue: QueueConfig) -> str:
