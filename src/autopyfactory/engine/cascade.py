@@ -63,19 +63,30 @@ def tier_state(
     tier: Tier, supply: Supply, pilots: Sequence[Pilot], now: float, cr: CascadeRuntime
 ) -> TierState:
     """What the allocation needs to know about one tier, from its batch snapshot and our memory."""
-    waiting = [p.submitted_at for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
-    waiting_since = [t for t in waiting if t is not None]
+    deadline = tier.provisioning_deadline
+    stale_after = tier.full.oldest_pending if tier.full is not None else None
+    oldest = supply.oldest_pending_since
     overdue = stale = 0
-    if tier.provisioning_deadline is not None:
-        overdue = sum(1 for t in waiting_since if now - t > tier.provisioning_deadline)
-    if tier.full is not None and tier.full.oldest_pending is not None:
-        stale = sum(1 for t in waiting_since if now - t > tier.full.oldest_pending)  # type: ignore[operator]
+    if supply.pending + supply.held and (supply.held or deadline is not None or stale_after is not None):
+        # per-pilot ages are needed (held pilots wait too; the supply's oldest counts pending ones)
+        waiting = [
+            p.submitted_at
+            for p in pilots
+            if p.submitted_at is not None and p.state in (PilotState.PENDING, PilotState.HELD)
+        ]
+        oldest = min(waiting) if waiting else None
+        if deadline is not None:
+            overdue = sum(1 for t in waiting if now - t > deadline)
+        if stale_after is not None:
+            stale = sum(1 for t in waiting if now - t > stale_after)
+    elif not supply.pending:
+        oldest = None
     backoff = cr.backoff_until.get(tier.queue)
     return TierState(
         pending=supply.pending + supply.held,
         running=supply.running,
         retiring=supply.retiring,
-        oldest_pending_since=min(waiting_since) if waiting_since else None,
+        oldest_pending_since=oldest,
         overdue=overdue,
         stale=stale,
         backoff_until=backoff if backoff is not None and backoff > now else None,

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Column,
@@ -51,6 +51,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    bindparam,
     event,
     func,
     or_,
@@ -163,9 +164,8 @@ def reserve(conn: Connection, tier: str, quotas: Sequence[Quota], n: int, now: f
     granted = n if room is None else max(0, min(n, room))
     if granted > 0:
         conn.execute(
-            sa_insert(ledger_entries).values(
-                tier=tier, time=now, count=granted, intent_id=intent_id, kind="reserve"
-            )
+            _ADD_ENTRY,
+            {"tier": tier, "time": now, "count": granted, "intent_id": intent_id, "kind": "reserve"},
         )
     return granted
 
@@ -186,18 +186,12 @@ def release(conn: Connection, intent_id: str, n_not_submitted: int) -> int:
     tier, when = reserved[0].tier, reserved[0].time
     _lock_tier(conn, tier, when)
     # re-read under the lock: a concurrent release of the same intent has committed by now
-    held = conn.execute(
-        select(func.coalesce(func.sum(ledger_entries.c.count), 0)).where(
-            ledger_entries.c.intent_id == intent_id
-        )
-    ).scalar_one()
+    held = conn.execute(_HELD, {"intent": intent_id}).scalar_one()
     give = min(int(n_not_submitted), int(held))
     if give <= 0:
         return 0
     conn.execute(
-        sa_insert(ledger_entries).values(
-            tier=tier, time=when, count=-give, intent_id=intent_id, kind="release"
-        )
+        _ADD_ENTRY, {"tier": tier, "time": when, "count": -give, "intent_id": intent_id, "kind": "release"}
     )
     return give
 
@@ -247,11 +241,7 @@ def release_unstarted(conn: Connection, ended: Iterable[EndedPilot], now: float)
 def _release_pilots(
     conn: Connection, tier: str, intent_id: str, when: float, ids: set[str], now: float
 ) -> int:
-    done = set(
-        conn.execute(
-            select(ledger_unstarted.c.backend_id).where(ledger_unstarted.c.intent_id == intent_id)
-        ).scalars()
-    )
+    done = set(conn.execute(_RELEASED, {"intent": intent_id}).scalars())
     fresh = sorted(ids - done)
     if not fresh:
         return 0
@@ -298,17 +288,35 @@ def remaining(conn: Connection, tier: str, quotas: Sequence[Quota], now: float) 
     return left
 
 
+# Statements built once (every cycle asks each tier's quota: building them each time costs more
+# than running them)
+_COUNT = select(func.coalesce(func.sum(ledger_entries.c.count), 0))
+# calendar bounds are whole seconds, so this is the floor(t) rule of decide.periods
+_STARTED_CALENDAR = _COUNT.where(
+    ledger_entries.c.tier == bindparam("tier"),
+    ledger_entries.c.time >= bindparam("lo"),
+    ledger_entries.c.time < bindparam("hi"),
+)
+# no upper bound: an entry stamped slightly ahead by another factory's clock still counts
+_STARTED_ROLLING = _COUNT.where(
+    ledger_entries.c.tier == bindparam("tier"), ledger_entries.c.time > bindparam("lo")
+)
+_HELD = _COUNT.where(ledger_entries.c.intent_id == bindparam("intent"))
+_ADD_ENTRY = sa_insert(ledger_entries)
+_TOUCH_TIER = (
+    ledger_tiers.update().where(ledger_tiers.c.tier == bindparam("key")).values(updated=bindparam("now"))
+)
+_LOCK_TIER = select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == bindparam("key")).with_for_update()
+_RELEASED = select(ledger_unstarted.c.backend_id).where(ledger_unstarted.c.intent_id == bindparam("intent"))
+
+
 def pilots_started(conn: Connection, tier: str, period: Period, now: float) -> int:
     """Net reserved starts of ``tier`` in the period of ``period`` containing ``now``."""
     start, end = period.bounds(now)
-    cond = [ledger_entries.c.tier == tier]
     if period.kind == "rolling":
-        # no upper bound: an entry stamped slightly ahead by another factory's clock still counts
-        cond.append(ledger_entries.c.time > start)
+        total = conn.execute(_STARTED_ROLLING, {"tier": tier, "lo": start}).scalar_one()
     else:
-        # calendar bounds are whole seconds, so this is the floor(t) rule of decide.periods
-        cond += [ledger_entries.c.time >= start, ledger_entries.c.time < end]
-    total = conn.execute(select(func.coalesce(func.sum(ledger_entries.c.count), 0)).where(*cond)).scalar_one()
+        total = conn.execute(_STARTED_CALENDAR, {"tier": tier, "lo": start, "hi": end}).scalar_one()
     return int(total)
 
 
@@ -331,17 +339,31 @@ def pilot_hours(conn: Connection, tier: str, start: float, end: float, now: floa
     return seconds / 3600.0
 
 
+_CREATE_TIER: dict[str, Any] = {}  # per dialect: INSERT ... ON CONFLICT DO NOTHING
+
+
+def _create_tier(dialect: str) -> Any:
+    stmt = _CREATE_TIER.get(dialect)
+    if stmt is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(ledger_tiers).on_conflict_do_nothing()
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(ledger_tiers).on_conflict_do_nothing()
+        _CREATE_TIER[dialect] = stmt
+    return stmt
+
+
 def _lock_tier(conn: Connection, tier: str, now: float) -> None:
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(ledger_tiers).values(tier=tier, updated=now).on_conflict_do_nothing())
-        conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier).with_for_update())
+        conn.execute(_create_tier(dialect), {"tier": tier, "updated": now})
+        conn.execute(_LOCK_TIER, {"key": tier})
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(ledger_tiers).values(tier=tier, updated=now).on_conflict_do_nothing())
+        conn.execute(_create_tier(dialect), {"tier": tier, "updated": now})
     else:
         exists = conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier)).first()
         if exists is None:
@@ -352,7 +374,7 @@ def _lock_tier(conn: Connection, tier: str, now: float) -> None:
                 pass  # another process created it first
         conn.execute(select(ledger_tiers.c.tier).where(ledger_tiers.c.tier == tier).with_for_update())
     # a write to the row: the row lock on PostgreSQL, the database write lock on SQLite
-    conn.execute(ledger_tiers.update().where(ledger_tiers.c.tier == tier).values(updated=now))
+    conn.execute(_TOUCH_TIER, {"key": tier, "now": now})
 
 
 def use_begin_immediate(engine: Engine) -> None:
