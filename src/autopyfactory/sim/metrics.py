@@ -143,9 +143,10 @@ class ServiceMeter:
     ) -> ServiceReport:
         """``demand``: (time, level) steps, the first at or before ``start``."""
         out: dict[str, ServiceMonth] = defaultdict(ServiceMonth)
-        # demand changes sort before pilot changes at the same time (kind 0 before 1)
-        events = [(t, 0, level) for t, level in demand if t < end]
-        events += [(t, 1, delta) for t, delta in self.changes if t < end]
+        # pilot changes sort before demand changes at the same time (kind 0 before 1): demand a
+        # pilot covers the moment it appears never waited
+        events = [(t, 1, level) for t, level in demand if t < end]
+        events += [(t, 0, delta) for t, delta in self.changes if t < end]
         events.sort(key=lambda e: (e[0], e[1]))
         queue: deque[list[float]] = deque()  # [joined, units], oldest first
         d = r = 0
@@ -156,7 +157,7 @@ class ServiceMeter:
             if t > t_prev:
                 _integrate(out, months, t_prev, t, d, uncovered)
                 t_prev = t
-            if kind == 0:
+            if kind == 1:
                 d = value
             else:
                 r += value
@@ -165,7 +166,7 @@ class ServiceMeter:
                 queue.append([t, now - uncovered])
             elif now < uncovered:
                 gone = uncovered - now
-                if kind == 0:
+                if kind == 1:
                     _drop_newest(queue, gone)
                 else:
                     _serve_oldest(queue, gone, t, out, months)

@@ -26,6 +26,8 @@ least cost (pilot-hours times ``cost_per_hour``) that leaves no more unserved th
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -207,8 +209,8 @@ class Optimum:
         if not tiers:
             raise OptimumError("no tiers to schedule")
         block = step * max(1, round(BLOCK / step))
-        n_blocks = max(1, math.ceil((end - start) / block - 1e-9))
-        edges = [start + j * block for j in range(n_blocks)] + [end]
+        edges = _edges(tiers, start, end, block)
+        n_blocks = len(edges) - 1
         length = [(edges[j + 1] - edges[j]) / 3600.0 for j in range(n_blocks)]  # hours
         months = Months(start, end)
         lp = _LP()
@@ -216,7 +218,6 @@ class Optimum:
         built: list[_Tier] = []
         for t in tiers:
             runtime_h = t.runtime / 3600.0
-            span = max(1, math.ceil(t.runtime / block - 1e-9))  # a pilot runs in at most span + 1 blocks
             first_start = start + t.start_delay
             starts = lp.var(n_blocks)
             hours: list[list[tuple[int, int]]] = [[] for _ in range(n_blocks)]
@@ -225,10 +226,10 @@ class Optimum:
                     lp.upper[starts + j] = 0.0  # nothing can start before its start delay
                     continue
                 cohort: dict[int, float] = {}
-                for offset in range(span + 1):
-                    b = j + offset
-                    if b >= n_blocks:
-                        break
+                # a pilot started in block j runs until the block's end plus its runtime at most
+                b = j - 1
+                while b + 1 < n_blocks and edges[b + 1] < edges[j + 1] + t.runtime:
+                    b += 1
                     y = lp.var()
                     hours[b].append((y, j))
                     cohort[y] = 1.0
@@ -291,8 +292,7 @@ class Optimum:
         stage1 = np.zeros(n_col)
         stage1[unserved_cols] = 1.0
         model.col_cost_ = stage1
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = _quiet_highs(highspy)
         # the interior point method without crossover: several times faster than the simplex method
         # on these long, degenerate time-expanded programmes; only aggregates of the solution are used
         h.setOptionValue("solver", "ipm")
@@ -352,6 +352,22 @@ class Optimum:
         return _solution(self._built, x, self._unserved, self._edges, self._months)
 
 
+def _quiet_highs(highspy: Any) -> Any:
+    """A solver object without its banner: HiGHS prints it on stdout when constructed, whatever the
+    options, and stdout carries ``--json`` output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    return h
+
+
 def _run(h: Any, highspy: Any, what: str) -> None:
     h.run()
     status = h.getModelStatus()
@@ -359,15 +375,35 @@ def _run(h: Any, highspy: Any, what: str) -> None:
         raise OptimumError(f"{what} did not solve: {h.modelStatusToString(status)}")
 
 
+def _edges(tiers: Sequence[TierModel], start: float, end: float, block: float) -> list[float]:
+    """Block boundaries: every ``block`` seconds, plus the times the tiers' first pilots can
+    start and the quota periods' boundaries, so no block straddles one of those."""
+    cuts = {start + j * block for j in range(max(1, math.ceil((end - start) / block - 1e-9)))} | {end}
+    cuts |= {start + t.start_delay for t in tiers if start < start + t.start_delay < end}
+    for period in {q.period for t in tiers for q in t.quotas if q.period.kind != "rolling"}:
+        t0 = start
+        while t0 < end:
+            _, nxt = period.bounds(t0)
+            if nxt < end:
+                cuts.add(nxt)
+            t0 = nxt
+    return sorted(c for c in cuts if start <= c <= end)
+
+
 def _quota_rows(lp: _LP, bt: _Tier, quota: Quota, edges: list[float], block: float) -> None:
-    """Pilots started and pilot-hours run per quota period (a rolling window: the blocks it
-    spans, at least one)."""
+    """Pilots started and pilot-hours run per quota period. A rolling window counts the blocks
+    that lie wholly inside it (a relaxation: never stricter than the true window)."""
     n_blocks = len(edges) - 1
     period = quota.period
     groups: list[list[int]]
     if period.kind == "rolling":
-        width = max(1, math.ceil(period.seconds / block - 1e-9))
-        groups = [list(range(max(0, j - width + 1), j + 1)) for j in range(n_blocks)]
+        groups = []
+        first = 0
+        for j in range(n_blocks):
+            while edges[first] < edges[j + 1] - period.seconds - 1e-6:
+                first += 1
+            if first <= j:
+                groups.append(list(range(first, j + 1)))
     else:
         by_key: dict[str, list[int]] = defaultdict(list)
         for j in range(n_blocks):
