@@ -12,3 +12,5 @@ echo "== apf simulate (two months of the example cascade at a 10-minute step)"
 .venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
   --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \
   | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(f"simulate_s={r[\"elapsed_s\"]} cycles={r[\"cycles_run\"]}")'
+echo "== bench/simulate_compare.py (apf simulate --compare: two months, 10-minute step, three configurations and the optimum)"
+.venv/bin/python bench/simulate_compare.py
