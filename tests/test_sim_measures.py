@@ -68,7 +68,6 @@ def trace(level: int, hours: float) -> object:
 
 
 def test_optimum_serves_everything_at_the_least_cost() -> None:
-    pytest.importorskip("highspy")
     opt = solve_optimum([tier("A", cost_per_hour=1.0)], trace(5, 10), START, START + 10 * HOUR, 600)
     assert opt.best.unserved_job_hours == pytest.approx(0, abs=1e-4)
     assert opt.best.cost == pytest.approx(50, rel=1e-4)
@@ -78,7 +77,6 @@ def test_optimum_serves_everything_at_the_least_cost() -> None:
 
 
 def test_optimum_respects_capacity_cheap_tiers_first_and_caps() -> None:
-    pytest.importorskip("highspy")
     tiers = [tier("A", capacity=3, cost_per_hour=0.0), tier("C", cost_per_hour=1.0, cap=1)]
     opt = solve_optimum(tiers, trace(5, 10), START, START + 10 * HOUR, 600)
     # A's 3 slots are free, C takes 1 (its cap): 1 job unserved for 10 hours
@@ -87,7 +85,6 @@ def test_optimum_respects_capacity_cheap_tiers_first_and_caps() -> None:
 
 
 def test_optimum_quota_and_start_delay() -> None:
-    pytest.importorskip("highspy")
     quota = (Quota(per="month", pilots=4),)
     # 1 job for 10 hours within one month, one-hour pilots, 4 a month: 6 job-hours unserved
     start = parse_time("2027-01-10T00:00:00Z")
@@ -100,7 +97,6 @@ def test_optimum_quota_and_start_delay() -> None:
 
 
 def test_cheapest_schedule_at_a_given_level_of_unserved_demand() -> None:
-    pytest.importorskip("highspy")
     tiers = [tier("A", capacity=2, cost_per_hour=0.0), tier("C", cost_per_hour=1.0)]
     model = Optimum(tiers, trace(5, 10), START, START + 10 * HOUR, 600)
     assert model.least().cost == pytest.approx(30, rel=1e-4)  # 3 jobs on C for 10 hours

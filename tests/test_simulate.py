@@ -368,7 +368,6 @@ def test_weights_split_demand_in_the_engine(example: Path) -> None:
 
 
 def test_compare_runs_configurations_side_by_side_against_the_optimum(example: Path, tmp_path: Path) -> None:
-    pytest.importorskip("highspy")
     # an AutoPyFactory-style configuration of the same sites: independent queues, static chains
     static = tmp_path / "static"
     write(
