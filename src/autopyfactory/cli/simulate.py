@@ -57,7 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --compare: skip the offline optimum (linear programme)",
     )
-    parser.add_argument("--jobs", type=int, help="with --compare: simulations run at once (default: CPUs)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="with --compare: simulations run at once (default: all, up to twice the CPUs)",
+    )
     parser.set_defaults(func=run)
 
 
