@@ -92,7 +92,7 @@ def test_missing_file(tmp_path: Path) -> None:
         (b"time,wmsqueue,activated\n0,Q," + b"9" * 200_000 + b"\n", "line 2"),
         (
             b"time,wmsqueue,activated\n0,Q," + b"9" * 2000 + b"\n",
-            "[line 2] a field is longer than 1024 characters",
+            "[line 2]: a field is longer than 1024 characters",
         ),
         (b"\xfc\x80\x81binary", "not a UTF-8 text file"),
         (b"time,wmsqueue,activated\n99999-01-01T00:00:00Z,Q,5\n", "[line 2] time: not ISO 8601"),
