@@ -471,3 +471,20 @@ def test_a_group_gives_back_so_that_its_tiers_stay_in_proportion() -> None:
     assert (alloc.tier("X").retire, alloc.tier("Y").retire) == (10, 0)
     alloc = run(c, 10, {"X": TierState(running=20), "Y": TierState(running=10)}, {})
     assert (alloc.tier("X").retire, alloc.tier("Y").retire) == (15, 5)
+
+
+def test_headroom_keeps_pilots_above_the_demand_while_there_is_demand() -> None:
+    c = parse_policy(
+        "cascades: [{name: h, demand: W, headroom: 10, tiers: [{queue: A, cap: 50}, {queue: C}]}]"
+    ).cascades[0]
+    assert run(c, 45, {}, {}).submits == {"A": 50, "C": 5}
+    # met with its headroom: nothing to do; below it: the excess comes back from C first
+    met = {"A": TierState(running=50), "C": TierState(running=5, pending=0)}
+    assert run(c, 45, met, {}).submits == {"A": 0, "C": 0}
+    alloc = run(c, 30, {"A": TierState(running=50), "C": TierState(pending=5)}, {})
+    assert (alloc.tier("C").cancel, alloc.tier("A").cancel) == (5, 0)
+    # no demand, no headroom: everything drains
+    assert run(c, 0, {"C": TierState(pending=3)}, {}).tier("C").cancel == 3
+    pct = parse_policy("cascades: [{name: h, demand: W, headroom: '5%', tiers: [{queue: A}]}]").cascades[0]
+    assert pct.headroom_for(400) == 20 and pct.headroom_for(1) == 1 and pct.headroom_for(0) == 0
+    assert run(pct, 400, {}, {}).submits == {"A": 420}

@@ -102,7 +102,10 @@ def tier_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
 def scenarios(draw: st.DrawFn) -> tuple[Cascade, dict[str, ModelTier], list[int]]:
     n = draw(st.integers(1, 4))
     tiers = [draw(tier_dicts(i)) for i in range(n)]
-    doc = PolicyDocument.model_validate({"cascades": [{"name": "p", "demand": "W", "tiers": tiers}]})
+    headroom = draw(st.sampled_from([0, 0, 3, "10%"]))
+    doc = PolicyDocument.model_validate(
+        {"cascades": [{"name": "p", "demand": "W", "tiers": tiers, "headroom": headroom}]}
+    )
     cycles = draw(st.integers(5, 40))
     models = {
         t["queue"]: ModelTier(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -161,12 +162,61 @@ class Tier(_Doc):
         return self.queue
 
 
+def _headroom(value: Any) -> Any:
+    # '5%' or a whole number of pilots; validated here so the error names the key
+    if isinstance(value, bool):
+        raise ValueError(f"a whole number of pilots or a percentage like '5%', not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        number = text[:-1] if text.endswith("%") else text
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"not a number of pilots or a percentage like '5%': {value!r}") from None
+        if not math.isfinite(amount) or amount < 0 or (not text.endswith("%") and amount != int(amount)):
+            raise ValueError(f"a whole number of pilots >= 0 or a percentage >= 0: {value!r}")
+        return text if text.endswith("%") else int(amount)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0 or value != int(value):
+            raise ValueError(f"a whole number of pilots >= 0 or a percentage >= 0: {value!r}")
+        return int(value)
+    return value
+
+
+Headroom = Annotated[
+    int | str,
+    BeforeValidator(_headroom),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%$"},
+            ],
+            "description": "pilots kept above the demand: a number, or a percentage of the demand ('5%')",
+        }
+    ),
+]
+
+
 class Cascade(_Doc):
     """Ordered tiers sharing one demand."""
 
     name: str = Field(min_length=1)
     demand: str = Field(min_length=1, description="the WMS queue whose activated jobs are the demand")
     tiers: tuple[Tier, ...] = Field(min_length=1)
+    headroom: Headroom = Field(
+        0,
+        description="pilots kept above the demand while there is demand (a number or a percentage such as "
+        "'5%'): they cover pilots that end between cycles while their replacements start",
+    )
+
+    def headroom_for(self, demand: int) -> int:
+        """Pilots to keep above ``demand`` (none without demand)."""
+        if demand <= 0:
+            return 0
+        if isinstance(self.headroom, str):
+            return math.ceil(demand * float(self.headroom.strip()[:-1]) / 100 - 1e-9)
+        return self.headroom
 
     @property
     def ordered(self) -> tuple[Tier, ...]:

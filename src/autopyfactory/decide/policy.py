@@ -9,7 +9,8 @@ Each cycle the caller (the engine, ``apf plan``, the simulator) gives, per casca
 
 and ``allocate`` returns what each tier should do now, with the reason for every number:
 
-1. ``unmet = demand - supply``, where supply is pending + running over all tiers. Overdue pilots
+1. ``unmet = demand + headroom - supply``, where supply is pending + running over all tiers and
+   the headroom (``Cascade.headroom``, none without demand) covers pilots ending between cycles. Overdue pilots
    (not started within the provisioning deadline) are written off and the tier backs off; a full
    tier's pending pilots beyond its tolerance (``full.pending``, or those older than
    ``full.oldest_pending``) do not count, so the demand they hold moves on.
@@ -171,7 +172,7 @@ class CascadeAllocation:
     time: float
     demand: int
     supply: int  # pending + running over the tiers (overdue pilots written off)
-    unmet: int  # demand - counted supply; negative: the excess to give back
+    unmet: int  # demand + headroom - counted supply; negative: the excess to give back
     tiers: tuple[TierAllocation, ...]  # in fill order
     events: tuple[PolicyEvent, ...] = ()
     unallocated: int = 0  # demand no tier took this cycle (waiting or nowhere to spill)
@@ -319,17 +320,21 @@ def allocate(
         _observe(w, now)
 
     supply = sum(w.supply for w in work)
-    unmet = demand - sum(w.counted for w in work)
+    # the pilots wanted: the demand plus the cascade's headroom (none without demand)
+    headroom = cascade.headroom_for(demand)
+    target = demand + headroom
+    unmet = target - sum(w.counted for w in work)
     unallocated = 0
     if unmet > 0:
         unallocated = _scale_up(groups, unmet, now)
-    elif demand < supply:
+    elif target < supply:
         # give back against everything that exists, counted or not, so zero demand empties all
-        unmet = demand - supply
-        _scale_down(groups, supply - demand, now, event)
+        unmet = target - supply
+        _scale_down(groups, supply - target, now, event)
     else:
+        met = f"demand {demand}" + (f" + headroom {headroom}" if headroom else "")
         for w in work:
-            w.reasons.append(f"demand {demand} is met")
+            w.reasons.append(f"{met} is met")
 
     _enforce(work)
     conditions = _conditions(work, event)
