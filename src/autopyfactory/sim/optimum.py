@@ -40,7 +40,8 @@ from autopyfactory.sim.batch import SimSubmitOptions
 from autopyfactory.sim.metrics import Months
 from autopyfactory.sim.trace import DemandTrace
 
-BLOCK = 3600.0  # about an hour: the relaxation's time resolution (a whole number of steps)
+BLOCK = 3600.0  # about an hour: the relaxation's time resolution near demand changes (whole steps)
+COARSE = 4  # blocks through steady demand are this many times longer
 TOLERANCE = 1e-6  # relative slack on the unserved level when minimising cost
 
 
@@ -209,7 +210,8 @@ class Optimum:
         if not tiers:
             raise OptimumError("no tiers to schedule")
         block = step * max(1, round(BLOCK / step))
-        edges = _edges(tiers, start, end, block)
+        changes = sorted({t for w in {t.wmsqueue for t in tiers} for t, _ in trace.steps(w, start, end)[1:]})
+        edges = _edges(tiers, start, end, block, changes)
         n_blocks = len(edges) - 1
         length = [(edges[j + 1] - edges[j]) / 3600.0 for j in range(n_blocks)]  # hours
         months = Months(start, end)
@@ -375,18 +377,37 @@ def _run(h: Any, highspy: Any, what: str) -> None:
         raise OptimumError(f"{what} did not solve: {h.modelStatusToString(status)}")
 
 
-def _edges(tiers: Sequence[TierModel], start: float, end: float, block: float) -> list[float]:
-    """Block boundaries: every ``block`` seconds, plus the times the tiers' first pilots can
-    start and the quota periods' boundaries, so no block straddles one of those."""
-    cuts = {start + j * block for j in range(max(1, math.ceil((end - start) / block - 1e-9)))} | {end}
+def _edges(
+    tiers: Sequence[TierModel], start: float, end: float, block: float, changes: Sequence[float] = ()
+) -> list[float]:
+    """Block boundaries: every ``block`` seconds around demand changes (within a pilot runtime and
+    a block of one), ``COARSE`` blocks through steady demand (any partition is a valid
+    relaxation: coarse blocks only where demand is constant lose nothing in steady state and keep
+    the programme small), plus the times the tiers' first pilots can start and the quota periods'
+    boundaries, so no block straddles one of those."""
+    margin = max((t.runtime for t in tiers), default=0.0) + block
+    coarse = block * COARSE
+    cuts = {start, end}
+    t0, i = start, 0
+    while t0 < end:
+        while i < len(changes) and changes[i] < t0 - margin:
+            i += 1
+        near = i < len(changes) and changes[i] <= t0 + coarse + margin
+        if near:
+            t0 += block
+        else:
+            nxt = changes[i] - margin if i < len(changes) else end
+            t0 += max(block, min(coarse, block * math.floor((nxt - t0) / block)))
+        if t0 < end:
+            cuts.add(t0)
     cuts |= {start + t.start_delay for t in tiers if start < start + t.start_delay < end}
     for period in {q.period for t in tiers for q in t.quotas if q.period.kind != "rolling"}:
-        t0 = start
-        while t0 < end:
-            _, nxt = period.bounds(t0)
+        t1 = start
+        while t1 < end:
+            _, nxt = period.bounds(t1)
             if nxt < end:
                 cuts.add(nxt)
-            t0 = nxt
+            t1 = nxt
     return sorted(c for c in cuts if start <= c <= end)
 
 
