@@ -140,6 +140,11 @@ class Simulation:
         hours_quota = policy is not None and any(
             q.pilot_hours is not None for c in policy.cascades for tier in c.tiers for q in tier.quotas
         )
+        throttle = any(spec.name == "Throttle" for qc in config.active_queues() for spec in qc.sched)
+        if not hours_quota and not throttle:
+            # nothing reads finished pilots after the poll that sees them end (no pilot rows, no
+            # Throttle history): polls, which run every step, stay small
+            world().keep_finished = self.step
         factory = Factory(config, store=store, clock=clock.now, record_pilots=hours_quota)
         for poller in factory.pollers.values():
             if isinstance(poller.plugin, SimWmsStatus):
