@@ -6,11 +6,19 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || { python3 -m venv .venv; .venv/bin/python -m pip install -q -e '.[test]'; }
 echo "== bench/decide.py (10,000 queues, 1,000,000 pilots, 7-plugin chain)"
 .venv/bin/python bench/decide.py
+echo "== bench/engine.py (the real engine, 1,000 and 10,000 queues, every queue submitting; daemon latency)"
+.venv/bin/python bench/engine.py
 echo "== bench/slurm_submit.py (real local Slurm)"
 .venv/bin/python bench/slurm_submit.py
 echo "== apf simulate (two months of the example cascade at a 10-minute step)"
 .venv/bin/apf simulate --conf examples/policy/autopyfactory.conf --demand examples/policy/demand.csv \
   --start 2027-01-01T00:00:00Z --days 62 --step 10m --json \
   | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(f"simulate_s={r[\"elapsed_s\"]} cycles={r[\"cycles_run\"]}")'
+echo "== bench/web.py (a daemon with 10,000 queues: page times, loop cadence while Chromium polls)"
+.venv/bin/python bench/web.py
 echo "== bench/simulate_compare.py (apf simulate --compare: two months, 10-minute step, three configurations and the optimum)"
 .venv/bin/python bench/simulate_compare.py
+if [ "${APF_BENCH_SOAK:-0}" = 1 ]; then
+  echo "== bench/soak_kill.py (apf run SIGKILLed 100 times during its cycles; 6-8 minutes)"
+  .venv/bin/python bench/soak_kill.py --kills 100
+fi

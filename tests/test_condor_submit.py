@@ -514,7 +514,7 @@ batchsubmit.{low}.webservice = cream01.example.org
     assert (problem.section, problem.key) == ("OLD", "batchsubmitplugin")
     lines = (tmp_path / "queues.conf").read_text().splitlines()
     line = lines.index(f"batchsubmitplugin = {plugin}") + 1
-    assert problem.file == f"{tmp_path / 'queues.conf'}:{line}"
+    assert (problem.file, problem.line) == (str(tmp_path / "queues.conf"), line)
     assert what in msg and "retired" in msg
     assert "CondorOSGCE" in msg and "CondorNordugrid" in msg
     with pytest.raises(PluginError, match="retired"):

@@ -253,3 +253,17 @@ def test_queues_serving_one_wms_queue_split_its_demand_by_share(tmp: Path) -> No
     assert (plans["LOCALQ"].n, plans["LOCALQ-ce2"].n) == (6, 3)
     assert (plans["LOCALQ"].ready, plans["LOCALQ-ce2"].ready) == (6, 3)
     factory.shutdown()
+
+
+def test_a_pilot_whose_wrapper_is_writing_its_pid_file_is_pending_not_failed(tmp: Path) -> None:
+    """Found by bench/soak_kill.py: the poll that follows a submission at once could see the pid
+    file created but still empty, report the live pilot failed, and the factory submitted again."""
+    from autopyfactory.plugins.batch.local import read_pilot
+
+    pdir = tmp / "intent.0"
+    write(pdir / "tags", f"test-factory\nLOCALQ\nintent\n{time.time()}\n")
+    (pdir / "pid").write_text("")  # the shell's `> pid` opened it; the pid is not written yet
+    pilot = read_pilot(pdir)
+    assert pilot is not None and pilot.state.value == "pending"
+    write(pdir / "tags", f"test-factory\nLOCALQ\nintent\n{time.time() - 60}\n")
+    assert read_pilot(pdir).state.value == "failed"  # type: ignore[union-attr]  # never came up

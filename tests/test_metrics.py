@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
 
+from autopyfactory.config.models import parse_address
 from autopyfactory.engine.events import Observer
-from autopyfactory.engine.metrics import Metrics, parse_address
+from autopyfactory.engine.metrics import Metrics
 from autopyfactory.model import Decision, Demand, Pilot, PilotState, Plan, Step, Submit, Supply
+from autopyfactory.web.app import metrics_route
+from autopyfactory.web.server import WebServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,19 +28,31 @@ class Clock:
         return self.now
 
 
+_URLS: dict[int, str] = {}  # id(Metrics) -> its /metrics URL while served
+
+
+@contextmanager
+def served(m: Metrics) -> Iterator[str]:
+    """Serve ``m`` at /metrics on the daemon's web server (the route the dashboard mounts)."""
+    server = WebServer(Starlette(routes=[metrics_route(m.registry)]), "127.0.0.1", 0).start()
+    _URLS[id(m)] = f"{server.url}/metrics"
+    try:
+        yield _URLS[id(m)]
+    finally:
+        _URLS.pop(id(m), None)
+        assert server.stop()
+
+
 @pytest.fixture
 def metrics() -> Iterator[tuple[Metrics, Clock]]:
     clock = Clock(1_000.0)
-    m = Metrics("BNL-apf", address="127.0.0.1:0", clock=clock)
-    m.start()
-    try:
+    m = Metrics("BNL-apf", clock=clock)
+    with served(m):
         yield m, clock
-    finally:
-        m.stop()
 
 
 def scrape(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(m.url, timeout=10) as resp:
+    with urllib.request.urlopen(_URLS[id(m)], timeout=10) as resp:
         assert resp.status == 200
         text = resp.read().decode()
     out = {}
@@ -57,7 +74,7 @@ def plan(queue: str, n: int, steps: tuple[Step, ...], **kw: int) -> Plan:
 def test_is_an_observer_and_serves_on_a_picked_port(metrics: tuple[Metrics, Clock]) -> None:
     m, _ = metrics
     assert isinstance(m, Observer)
-    assert m.port > 0 and m.url == f"http://127.0.0.1:{m.port}/metrics"
+    assert _URLS[id(m)].startswith("http://127.0.0.1:") and not _URLS[id(m)].startswith("http://127.0.0.1:0/")
     assert scrape(m)[q("apf_factory_info", factory="BNL-apf")] == 1
 
 
@@ -143,15 +160,10 @@ def test_cycle_duration(metrics: tuple[Metrics, Clock]) -> None:
 def test_private_registries_do_not_mix() -> None:
     a, b = Metrics("A"), Metrics("B")  # the global registry would refuse the second set of names
     a.on_submitted("Q", [Pilot("1", "Q", PilotState.PENDING)])
-    a.start()
-    b.start()
-    try:
-        assert a.port != b.port
+    with served(a) as url_a, served(b) as url_b:
+        assert url_a != url_b
         assert scrape(a)[q("apf_queue_pilots_submitted_total", queue="Q")] == 1
         assert q("apf_queue_pilots_submitted_total", queue="Q") not in scrape(b)
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_hooks_never_raise() -> None:
@@ -162,13 +174,12 @@ def test_hooks_never_raise() -> None:
 
 
 def test_parse_address() -> None:
-    assert parse_address(None) == ("127.0.0.1", 0)
     assert parse_address("9100") == ("127.0.0.1", 9100)
     assert parse_address(":9100") == ("127.0.0.1", 9100)
     assert parse_address("0.0.0.0:9100") == ("0.0.0.0", 9100)
     assert parse_address("[::1]:9100") == ("::1", 9100)
     assert parse_address("localhost") == ("localhost", 0)
-    with pytest.raises(ValueError, match=r"metrics.address: bad port"):
+    with pytest.raises(ValueError, match=r"bad port"):
         parse_address("host:http")
     with pytest.raises(ValueError, match="out of range"):
         parse_address("host:70000")

@@ -125,17 +125,23 @@ def test_detailed_call_filters_labels_and_resource_types(tmp_path: Path, fake_pa
     mcore = demand_key("BNL_TEST", None, ["MCORE"])
     user_mcore = demand_key("BNL_TEST", ["user", "rc_test2"], ["MCORE"])
     cern_test = demand_key("CERN_TEST", ["rc_test2"])
-    snap = plugin.poll(5.0, frozenset({"BNL_TEST", managed, mcore, user_mcore, cern_test}))
-    assert snap.demands["BNL_TEST"].ready == 10  # unfiltered: all labels summed
+    # each filter alone (no other queue serves its PanDA queue) sees its labels' jobs
+    snap = plugin.poll(5.0, frozenset({managed, cern_test}))
     assert snap.demands[managed].ready == 7
     assert snap.demands[managed].notready == 2
     assert snap.demands[managed].running == 4
-    assert (snap.demands[mcore].ready, snap.demands[mcore].notready) == (3, 2)
-    assert snap.demands[user_mcore].ready == 3
     assert (snap.demands[cern_test].ready, snap.demands[cern_test].running) == (0, 2)
     paths = fake_panda.paths()
     assert any(p.endswith("/active_job_detailed_stats_by_site") for p in paths)
     assert not any(p.endswith("/active_job_stats_by_site") for p in paths)  # one call, not two
+    assert plugin.poll(5.0, frozenset({"BNL_TEST"})).demands["BNL_TEST"].ready == 10  # all labels
+    mc = plugin.poll(5.0, frozenset({mcore})).demands[mcore]
+    assert (mc.ready, mc.notready) == (3, 2)
+    assert plugin.poll(5.0, frozenset({user_mcore})).demands[user_mcore].ready == 3
+    # several filters over one PanDA queue share its jobs: each job is counted once (issue 13)
+    snap = plugin.poll(5.0, frozenset({"BNL_TEST", managed, mcore, user_mcore, cern_test}))
+    assert sum(snap.demands[k].ready for k in ("BNL_TEST", managed, mcore, user_mcore)) == 10
+    assert snap.demands[cern_test].ready == 0
     assert parse_demand_key(user_mcore) == ("BNL_TEST", frozenset({"rc_test2", "user"}), frozenset({"MCORE"}))
 
 

@@ -192,8 +192,9 @@ def test_maxpercycle() -> None:
     assert calc(plugin("MaxPerCycle", maximum="50"), ctx(), 20) == 20
     assert calc(plugin("MaxPerCycle", maximum="50"), ctx(), -8) == -8
     assert calc(plugin("MaxPerCycle"), ctx(), 290) == 290
-    # a negative maximum forces a scale-down
-    assert calc(plugin("MaxPerCycle", maximum="-3"), ctx(), 5) == -3
+    # a negative maximum would turn the factory into a canceller: refused at load (issue 13)
+    _, problems = options_from_keys(load("sched", "MaxPerCycle"), {"sched.maxpercycle.maximum": "-3"})
+    assert problems and "greater than or equal to 0" in problems[0].message
 
 
 def test_minpercycle() -> None:

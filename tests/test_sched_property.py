@@ -18,7 +18,8 @@ from autopyfactory.decide.sched.statustest import StatusTest
 from autopyfactory.model import Demand, Supply
 
 counts = st.integers(min_value=0, max_value=10_000)
-maybe_int = st.none() | st.integers(min_value=-1000, max_value=10_000)
+# maxima are >= 0 (a negative maximum is refused at load, issue 13)
+maybe_int = st.none() | st.integers(min_value=0, max_value=10_000)
 
 ready = st.builds(lambda off: Ready(Ready.Options(offset=off)), st.integers(0, 1000))
 scale = st.builds(
@@ -69,7 +70,7 @@ def test_no_demand_never_submits(
 @settings(max_examples=500, deadline=None)
 @given(
     plugins=chains,
-    maximum=st.integers(-1000, 10_000),
+    maximum=st.integers(0, 10_000),
     ready_jobs=st.none() | counts,
     supply=st.none() | supplies(),
     site=site_statuses,
@@ -91,7 +92,7 @@ def test_last_maxpercycle_bounds_the_result(
 @settings(max_examples=500, deadline=None)
 @given(
     plugins=chains,
-    maximum=st.integers(-1000, 10_000),
+    maximum=st.integers(0, 10_000),
     ready_jobs=st.none() | counts,
     supply=supplies(),
     site=site_statuses,

@@ -14,8 +14,9 @@ import pytest
 
 from autopyfactory.plugins.auth.ssh import SSHOptions
 from autopyfactory.plugins.base import BackendError, PluginError
-from autopyfactory.plugins.transport.base import POOL, Backoff, transport_for
+from autopyfactory.plugins.transport.base import Backoff
 from autopyfactory.plugins.transport.local import LocalTransport
+from autopyfactory.plugins.transport.pool import POOL, transport_for
 from autopyfactory.plugins.transport.ssh import SSHTransport
 
 ODD_ARGS = ["a b", "$HOME", "'q'", 'd"q', "semi;colon", "star*", "", "new\nline"]

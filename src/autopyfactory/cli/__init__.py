@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from autopyfactory import __version__
+from autopyfactory.store.api import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (status 2) and --help/--version (0), already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)
+    except StoreError as exc:  # names the store and the cause (never its password)
+        print(f"apf: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

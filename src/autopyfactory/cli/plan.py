@@ -1,14 +1,22 @@
-"""``apf plan``: what every cascade and queue would do now, and why (nothing is acted on)."""
+"""``apf plan``: what every cascade and queue would do now, and why.
+
+Nothing is acted on and nothing is written: the store is opened read-only (an empty in-memory one
+when the daemon never ran), no monitor is built, the decisions are not recorded.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
-from autopyfactory.cli._common import add_conf, load_or_report, setup_logging
+from autopyfactory.cli._common import add_conf, load_or_report, print_preflight, setup_logging
+from autopyfactory.cli._store import StoreUnavailable, open_read_only, scratch_store
 from autopyfactory.engine.factory import Factory
+from autopyfactory.preflight import check_factory
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +31,25 @@ def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.conf)
     if config is None:
         return 1
-    factory = Factory(config, dry_run=True)
+    try:
+        store = open_read_only(config.settings.database_url()) or scratch_store()
+    except StoreUnavailable as exc:
+        print(f"apf plan: {exc}", file=sys.stderr)
+        return 1
+    report = check_factory(config, store=False, dirs=False)
+    print_preflight(report)
+    if report.factory_errors:
+        return 1
+    failed = report.failed_queues
+    config = replace(config, queues={n: q for n, q in config.queues.items() if n not in failed}, monitors={})
+    try:
+        factory = Factory(config, store=store, dry_run=True)
+    except Exception as exc:
+        print(
+            f"apf plan: cannot set up: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            file=sys.stderr,
+        )
+        return 1
     now = time.time()
     try:
         plans = factory.step(now, poll_all=True)
@@ -45,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
             if p.queue not in tiers
         },
         "pollers": {p.label: p.state(now) for p in factory.pollers.values()},
+        "failed_queues": {n: "; ".join(v) for n, v in failed.items()},
     }
     if args.json:
         print(json.dumps(doc, indent=2))
-        return 0
+        return 1 if failed else 0
     print(f"plan at {datetime.fromtimestamp(now, UTC):%Y-%m-%d %H:%M:%S} UTC (dry run: nothing is acted on)")
     for name, cr in factory.cascades.items():
         if cr.last is None:
@@ -68,4 +95,6 @@ def run(args: argparse.Namespace) -> int:
     for label, state in doc["pollers"].items():
         if state != "ok":
             print(f"poller {label}: {state}")
-    return 0
+    for name in failed:
+        print(f"queue {name}: cannot be set up (see above)")
+    return 1 if failed else 0

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from autopyfactory.cli._common import count
 from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.config.validate import options_from_keys
 from autopyfactory.decide.base import SchedContext, SchedPlugin, run_chain
@@ -50,11 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a plugin key, e.g. sched.maxpercycle.maximum=50 (repeatable; overrides --conf)",
     )
     obs = p.add_argument_group("observed state")
-    obs.add_argument("--activated", type=int, default=0, help="ready (activated) jobs in the WMS queue")
-    obs.add_argument("--pending", type=int, default=0, help="pending pilots")
-    obs.add_argument("--running", type=int, default=0, help="running pilots")
-    obs.add_argument("--held", type=int, default=0, help="held pilots (count as pending)")
-    obs.add_argument("--retiring", type=int, default=0, help="retiring (draining) pilots")
+    obs.add_argument("--activated", type=count(), default=0, help="ready (activated) jobs in the WMS queue")
+    obs.add_argument("--pending", type=count(), default=0, help="pending pilots")
+    obs.add_argument("--running", type=count(), default=0, help="running pilots")
+    obs.add_argument("--held", type=count(), default=0, help="held pilots (count as pending)")
+    obs.add_argument("--retiring", type=count(), default=0, help="retiring (draining) pilots")
     obs.add_argument(
         "--site-status",
         choices=[s.value for s in SiteStatus],
@@ -64,13 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     obs.add_argument("--no-batch-info", action="store_true", help="batch status missing or stale")
     obs.add_argument(
         "--factory-active",
-        type=int,
+        type=count(),
         help="pending + running pilots of all queues at this batch endpoint "
         "(default: this queue's own, unless --no-batch-info)",
     )
-    obs.add_argument("--factory-max", type=int, help="[Factory] maxperfactory.maximum")
-    obs.add_argument("--history-total", type=int, help="Throttle: pilots started in its interval")
-    obs.add_argument("--history-short", type=int, help="Throttle: of those, how many ran < maxtime")
+    obs.add_argument("--factory-max", type=count(), help="[Factory] maxperfactory.maximum")
+    obs.add_argument("--history-total", type=count(), help="Throttle: pilots started in its interval")
+    obs.add_argument("--history-short", type=count(), help="Throttle: of those, how many ran < maxtime")
     p.add_argument("--json", action="store_true", help='print {"steps": [...], "n": N}')
     p.set_defaults(func=run)
 

@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--step", default="10m", help="cycle length (seconds or 10m, 1h; default 10m)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--per-cycle", action="store_true", help="include every cycle in the report")
+    parser.add_argument("--html", metavar="FILE", help="also write the report as a self-contained web page")
     parser.add_argument("--state", help="directory for the simulation's store and state (default: temporary)")
     parser.add_argument("--stop-at", help="stop at this ISO time and save the state (resume with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue a stopped simulation from --state")
@@ -132,10 +133,10 @@ def run(args: argparse.Namespace) -> int:
         if args.jobs is not None and args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
         if args.compare:
-            if args.state or args.stop_at or args.resume or args.per_cycle or args.policy:
+            if args.state or args.stop_at or args.resume or args.per_cycle or args.policy or args.html:
                 raise UsageError(
                     "--compare runs whole simulations of the configurations it names: "
-                    "no --policy, --state, --stop-at, --resume or --per-cycle"
+                    "no --policy, --state, --stop-at, --resume, --per-cycle or --html"
                 )
             configurations, trace = _load_compare(args, start)
         elif not args.conf:
@@ -168,10 +169,20 @@ def run(args: argparse.Namespace) -> int:
             end,
             step,
             state,
-            per_cycle=args.per_cycle,
+            per_cycle=args.per_cycle or bool(args.html),  # the page's charts need every cycle
             progress=None if args.json else lambda msg: print(msg, file=sys.stderr),
         )
         report = sim.run(stop_at=stop_at, resume=args.resume)
+    if args.html:
+        from autopyfactory.web.report import write_report
+
+        try:
+            write_report(args.html, report, policy=policy)
+        except OSError as exc:
+            print(f"apf simulate: --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if not args.per_cycle:
+            report.pop("cycles", None)  # asked for the page, not for every cycle in the output
     if args.json:
         print(json.dumps(report))
         return 0

@@ -8,6 +8,12 @@ What operators rely on (apf-reference.md 4.1):
   applies to all of their sections;
 - ``%(key)s`` interpolation happens after merging, against the merged section; ``%%`` is a literal %;
 - values starting with ``~`` are user-expanded.
+
+Every value remembers its location (file or URL, line, and whether the line is in ``[DEFAULT]``),
+computed once while reading. Sources are read by ``config.sources`` (encodings, size limits,
+special files refused, deadlines for URLs). Interpolation is bounded: each key is resolved once per
+section (memoised) and no value may grow beyond ``MAX_VALUE_CHARS``, so a ``%(a)s%(a)s`` chain
+cannot blow up. No message here ever quotes a value or a line of a file: a file may be auth.conf.
 """
 
 from __future__ import annotations
@@ -15,21 +21,40 @@ from __future__ import annotations
 import configparser
 import os
 import re
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autopyfactory.config.errors import ConfigProblem
+from autopyfactory.config.errors import ConfigProblem, Location
+from autopyfactory.config.sources import (
+    MAX_SOURCE_BYTES,
+    SourceError,
+    SourceText,
+    local_path,
+    read_file,
+    read_source,
+)
 
 _INTERP = re.compile(r"%\(([^)]+)\)s")
-_MAX_DEPTH = 10
+MAX_VALUE_CHARS = 65536  # an interpolated value longer than this is a mistake (or a bomb)
+MAX_DIRECTORY_BYTES = 512 * 1024 * 1024
+
+_SECTION_LINE = re.compile(r"\[(?P<header>.+)\]")
+_OPTION_LINE = re.compile(r"(?P<option>.*?)\s*(?P<vi>[=:])\s*(?P<value>.*)$")
 
 
 @dataclass
 class RawSection:
     values: dict[str, str] = field(default_factory=dict)
-    origin: dict[str, str] = field(default_factory=dict)  # key -> file
+    origin: dict[str, str] = field(default_factory=dict)  # key -> file (or URL) the value came from
+    where: dict[str, Location] = field(default_factory=dict)  # key -> file, line, section of the line
+    header: Location | None = None  # where the section is (first) defined
+
+    def locate(self, key: str | None) -> Location | None:
+        """Where ``key``'s value is written; the section header when the key is absent."""
+        if key is not None and key in self.where:
+            return self.where[key]
+        return self.header
 
 
 @dataclass
@@ -41,9 +66,12 @@ class RawConfig:
     def merge(self, other: RawConfig) -> None:
         """Later wins, key by key."""
         for name, section in other.sections.items():
-            target = self.sections.setdefault(name, RawSection())
+            target = self.sections.get(name)
+            if target is None:
+                target = self.sections[name] = RawSection(header=section.header)
             target.values.update(section.values)
             target.origin.update(section.origin)
+            target.where.update(section.where)
         self.files.extend(f for f in other.files if f not in self.files)
         self.problems.extend(other.problems)
 
@@ -54,56 +82,103 @@ def _parser() -> configparser.RawConfigParser:
     return parser
 
 
-def _fetch(source: str, base: Path | None) -> tuple[str, str]:
-    """(label, text) of one source: a path, file:// URI, or http(s):// URL."""
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=30) as resp:
-            return source, resp.read().decode()
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    return str(path), path.read_text()
+def scan_locations(text: str) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Line numbers of ``(section, key)`` (the last occurrence wins, as in the parser) and of each
+    section's first header. Follows configparser's rules closely enough for messages."""
+    keys: dict[tuple[str, str], int] = {}
+    headers: dict[str, int] = {}
+    section: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if line[0].isspace():
+            continue  # a continuation line of the previous value
+        header = _SECTION_LINE.match(stripped)
+        if header:
+            section = header.group("header")
+            headers.setdefault(section, number)
+            continue
+        option = _OPTION_LINE.match(stripped)
+        if option and section is not None:
+            keys[(section, option.group("option").strip())] = number
+    return keys, headers
 
 
-def read_documents(documents: Iterable[tuple[str, str]]) -> RawConfig:
+def read_documents(documents: Iterable[SourceText], *, sensitive: bool = False) -> RawConfig:
     """Parse texts as ONE document (directory semantics: a DEFAULT applies to all sections)."""
     combined = _parser()
     raw = RawConfig()
-    origin: dict[tuple[str, str], str] = {}
-    for label, text in documents:
+    where: dict[tuple[str, str], Location] = {}
+    headers: dict[str, Location] = {}
+    for doc in documents:
         own = _parser()
         try:
-            own.read_string(text, source=label)
-            combined.read_string(text, source=label)
+            own.read_string(doc.text, source=doc.label)
+            combined.read_string(doc.text, source=doc.label)
         except configparser.Error as exc:
-            raw.problems.append(ConfigProblem(label, None, None, _parse_message(exc)))
+            raw.problems.extend(_parse_problems(doc.label, exc, sensitive))
             continue
-        raw.files.append(label)
-        for key in own.defaults():
-            origin[("DEFAULT", key)] = label
-        for section in own.sections():
-            for key in own.options(section):
-                if key not in own.defaults() or own.get(section, key, raw=True) != own.defaults()[key]:
-                    origin[(section, key)] = label
+        raw.files.append(doc.label)
+        lines, section_lines = scan_locations(doc.text)
+        for section, number in section_lines.items():
+            headers.setdefault(section, Location(doc.label, number, section))
+        for (section, key), number in lines.items():
+            where[(section, key)] = Location(doc.label, number, section)
     for section in combined.sections():
-        rs = RawSection()
+        rs = RawSection(header=headers.get(section))
         for key, value in combined.items(section, raw=True):
             rs.values[key] = value
-            rs.origin[key] = origin.get((section, key)) or origin.get(("DEFAULT", key), "")
+            loc = where.get((section, key)) or where.get(("DEFAULT", key))
+            if loc is not None:
+                rs.where[key] = loc
+                rs.origin[key] = loc.file
         raw.sections[section] = rs
     return raw
 
 
-def _parse_message(exc: configparser.Error) -> str:
+def _parse_problems(label: str, exc: configparser.Error, sensitive: bool) -> list[ConfigProblem]:
+    """One problem per bad line. The line's text is shown only for files that hold no secrets,
+    and shortened: a pasted key must not end up in a terminal or a log."""
+
+    def shown(line: str) -> str:
+        if sensitive:
+            return ""
+        text = line.strip().strip("'").removesuffix("\\n").strip()
+        return f": {text[:60] + '...' if len(text) > 60 else text!r}"
+
     if isinstance(exc, configparser.MissingSectionHeaderError):
-        return f"line {exc.lineno}: text before the first [section] header: {exc.line.strip()!r}"
+        return [
+            ConfigProblem(
+                label,
+                None,
+                None,
+                "text before the first [section] header (or a malformed header)" + shown(exc.line),
+                line=exc.lineno,
+            )
+        ]
     if isinstance(exc, configparser.ParsingError):
-        lines = ", ".join(f"line {n}: {line.strip()!r}" for n, line in exc.errors)
-        return f"cannot parse {lines} (expected 'key = value')"
-    return str(exc).splitlines()[0]
+        return [
+            ConfigProblem(
+                label,
+                None,
+                None,
+                "not 'key = value', a [section] header, a comment or an indented continuation" + shown(line),
+                line=number,
+            )
+            for number, line in exc.errors
+        ]
+    # DuplicateSectionError and friends cannot happen with strict=False; keep the message generic
+    return [ConfigProblem(label, None, None, f"cannot parse ({type(exc).__name__})")]
 
 
-def read_sources(sources: Iterable[str], base: Path | None = None) -> RawConfig:
+def source_problem(exc: SourceError, key: str | None = None, section: str | None = None) -> ConfigProblem:
+    return ConfigProblem(exc.label, section, key, exc.message, line=exc.line)
+
+
+def read_sources(
+    sources: Iterable[str], base: Path | None = None, *, sensitive: bool = False, timeout: float = 30.0
+) -> RawConfig:
     """Files (or URLs) merged one by one: each file's DEFAULT flattens into its own sections."""
     merged = RawConfig()
     for source in sources:
@@ -111,36 +186,65 @@ def read_sources(sources: Iterable[str], base: Path | None = None) -> RawConfig:
         if not source:
             continue
         try:
-            label, text = _fetch(source, base)
-        except OSError as exc:
-            merged.problems.append(ConfigProblem(source, None, None, f"cannot read: {exc.strerror or exc}"))
+            doc = read_source(source, base, timeout=timeout)
+        except SourceError as exc:
+            merged.problems.append(source_problem(exc))
             continue
-        merged.merge(read_documents([(label, text)]))
+        merged.merge(read_documents([doc], sensitive=sensitive))
     return merged
 
 
-def read_directory(directory: str, base: Path | None = None) -> RawConfig:
-    path = Path(directory).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
+def read_directory(directory: str, base: Path | None = None, *, key: str = "queueDirConf") -> RawConfig:
+    """All ``*.conf`` regular files of a directory, as one document (sorted by name)."""
+    path = local_path(directory, base)
     if not path.is_dir():
-        return RawConfig(problems=[ConfigProblem(str(path), None, None, "queueDirConf is not a directory")])
-    docs = []
-    for file in sorted(path.glob("*.conf")):
-        docs.append((str(file), file.read_text()))
-    return read_documents(docs)
+        what = "does not exist" if not path.exists() else "is not a directory"
+        return RawConfig(problems=[ConfigProblem(str(path), None, key, f"{key} {what}")])
+    docs: list[SourceText] = []
+    problems: list[ConfigProblem] = []
+    total = 0
+    try:
+        entries = sorted(path.glob("*.conf"))
+    except OSError as exc:
+        return RawConfig(problems=[ConfigProblem(str(path), None, key, f"cannot list: {exc.strerror}")])
+    for file in entries:
+        try:
+            doc = read_file(file, max_bytes=MAX_SOURCE_BYTES)
+        except SourceError as exc:
+            problems.append(source_problem(exc))
+            continue
+        total += len(doc.text)
+        if total > MAX_DIRECTORY_BYTES:
+            problems.append(
+                ConfigProblem(str(path), None, key, f"*.conf files exceed {MAX_DIRECTORY_BYTES} bytes")
+            )
+            break
+        docs.append(doc)
+    raw = read_documents(docs)
+    raw.problems[:0] = problems
+    return raw
+
+
+class InterpolationError(Exception):
+    """``key`` is the key whose own value is at fault (keys referring to it fail too, silently)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def interpolate(raw: RawConfig) -> RawConfig:
     """Resolve %(key)s against each merged section, expand ~; problems name file, section, key."""
     out = RawConfig(files=list(raw.files), problems=list(raw.problems))
     for name, section in raw.sections.items():
-        rs = RawSection(origin=dict(section.origin))
-        for key, value in section.values.items():
+        rs = RawSection(origin=dict(section.origin), where=dict(section.where), header=section.header)
+        resolver = _Resolver(section.values)
+        for key in section.values:
             try:
-                resolved = _resolve(value, section.values, depth=0)
-            except _InterpolationError as exc:
-                out.problems.append(ConfigProblem(section.origin.get(key), name, key, str(exc)))
+                resolved = resolver.get(key)
+            except InterpolationError as exc:
+                if exc.key in (None, key):  # one problem, at the key whose value is wrong
+                    out.problems.append(ConfigProblem.at(section.locate(key), name, key, str(exc)))
                 continue
             if resolved.startswith("~"):
                 resolved = os.path.expanduser(resolved)
@@ -149,62 +253,68 @@ def interpolate(raw: RawConfig) -> RawConfig:
     return out
 
 
-class _InterpolationError(Exception):
-    pass
+class _Resolver:
+    """Memoised, cycle-checked, size-bounded resolution of one section's values."""
 
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.done: dict[str, str] = {}
+        self.failed: dict[str, InterpolationError] = {}
+        self.active: list[str] = []
 
-def _resolve(value: str, env: dict[str, str], depth: int) -> str:
-    if "%" not in value:
+    def get(self, key: str) -> str:
+        if key in self.done:
+            return self.done[key]
+        if key in self.failed:
+            raise self.failed[key]
+        if key in self.active:
+            cycle = " -> ".join([*self.active[self.active.index(key) :], key])
+            raise InterpolationError(f"interpolation cycle: {cycle}", key)
+        self.active.append(key)
+        try:
+            value = self._expand(self.env[key])
+        except InterpolationError as exc:
+            if exc.key is None:
+                exc.key = key
+            self.failed[key] = exc
+            raise
+        finally:
+            self.active.pop()
+        self.done[key] = value
         return value
-    if depth > _MAX_DEPTH:
-        raise _InterpolationError("interpolation is nested too deeply (a %(key)s cycle?)")
-    out: list[str] = []
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch != "%":
-            out.append(ch)
-            i += 1
-            continue
-        nxt = value[i + 1 : i + 2]
-        if nxt == "%":
-            out.append("%")
-            i += 2
-            continue
-        match = _INTERP.match(value, i)
-        if not match:
-            raise _InterpolationError(
-                f"'%' must be followed by '%' or '(key)s' (write %% for a literal %): {value!r}"
-            )
-        ref = match.group(1)
-        if ref not in env:
-            raise _InterpolationError(
-                f"%({ref})s refers to a key that is not set in this section or [DEFAULT]"
-            )
-        out.append(_resolve(env[ref], env, depth + 1))
-        i = match.end()
-    return "".join(out)
 
-
-def key_line(file: str | None, section: str | None, key: str | None) -> int | None:
-    """Best-effort line number of ``key`` in ``section`` of ``file`` (for error messages only)."""
-    if not file or not key or file.startswith(("http://", "https://")):
-        return None
-    try:
-        lines = Path(file).read_text().splitlines()
-    except OSError:
-        return None
-    current = None
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*[=:]")
-    fallback = None
-    for number, line in enumerate(lines, 1):
-        header = re.match(r"^\s*\[([^\]]+)\]", line)
-        if header:
-            current = header.group(1)
-            continue
-        if pattern.match(line):
-            if current == section:
-                return number
-            if current == "DEFAULT" and fallback is None:
-                fallback = number
-    return fallback
+    def _expand(self, value: str) -> str:
+        if "%" not in value:
+            return value
+        out: list[str] = []
+        size = 0
+        i = 0
+        while i < len(value):
+            j = value.find("%", i)
+            if j < 0:
+                piece = value[i:]
+                i = len(value)
+            elif value[j + 1 : j + 2] == "%":
+                piece = value[i:j] + "%"
+                i = j + 2
+            else:
+                match = _INTERP.match(value, j)
+                if not match:
+                    raise InterpolationError(
+                        f"'%' at character {j + 1} of the value must be followed by '%' or '(key)s' "
+                        "(write %% for a literal %)"
+                    )
+                ref = match.group(1)
+                if ref not in self.env:
+                    raise InterpolationError(
+                        f"%({ref})s refers to a key that is not set in this section or [DEFAULT]"
+                    )
+                piece = value[i:j] + self.get(ref)  # its failure is reported at its own key
+                i = match.end()
+            size += len(piece)
+            if size > MAX_VALUE_CHARS:
+                raise InterpolationError(
+                    f"the interpolated value exceeds {MAX_VALUE_CHARS} characters (a %(key)s chain that repeats itself?)"
+                )
+            out.append(piece)
+        return "".join(out)

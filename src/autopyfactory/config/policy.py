@@ -282,11 +282,15 @@ def policy_json_schema() -> dict[str, Any]:
 
 def load_policy(path: str | Path) -> PolicyDocument:
     """Read and validate a policy file (``.json`` as JSON, anything else as YAML)."""
+    from autopyfactory.config.sources import SourceError, read_file
+
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigProblem(file, None, None, f"cannot read policy: {exc.strerror}")]) from None
+    try:  # UTF-8, a size limit, and no FIFO or device (it would hang or never end)
+        text = read_file(Path(path)).text
+    except SourceError as exc:
+        raise ConfigError(
+            [ConfigProblem(file, None, None, f"cannot read policy: {exc.message}", line=exc.line)]
+        ) from None
     fmt = "json" if file.lower().endswith(".json") else "yaml"
     return parse_policy(text, file=file, fmt=fmt)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autopyfactory.model import Demand, Step, Supply, ThrottleHistory
-from autopyfactory.plugins.base import Plugin, PluginOptions
+from autopyfactory.plugins.options import Plugin, PluginOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,12 @@ class SchedPlugin(Plugin):
 
     def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
         raise NotImplementedError
+
+    def history_window(self) -> tuple[float, float] | None:
+        """(interval, maxtime) in seconds when the plugin reads ``ctx.history``: the engine then
+        counts the queue's pilots started in the last ``interval`` and those that ran less than
+        ``maxtime``. None (the default): the plugin needs no history."""
+        return None
 
 
 def run_chain(plugins: Sequence[SchedPlugin], ctx: SchedContext) -> tuple[int, tuple[Step, ...]]:

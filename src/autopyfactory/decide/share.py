@@ -12,7 +12,7 @@ the whole demand: its factor already does the splitting, and splitting again wou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from fractions import Fraction
 from typing import TYPE_CHECKING
@@ -95,3 +95,31 @@ def split_demands(
         out.update(split_demand(demand, weights))
         out.update(dict.fromkeys(whole, demand))
     return out
+
+
+def split_overlapping(
+    cells: Mapping[Hashable, Mapping[str, int]],
+    members: Mapping[str, tuple[Callable[[Hashable], bool], float]],
+) -> dict[str, dict[str, int]]:
+    """Counts of cells that several members' filters cover, shared so no job is counted twice.
+
+    ``cells``: e.g. PanDA's ``(resource type, prodSourceLabel) -> {field: n}`` of one PanDA queue;
+    ``members``: key -> (does it cover this cell?, weight). A cell's counts go to the members that
+    cover it, split by weight (largest remainder: the parts add up to the cell). A label-filtered
+    queue and an unfiltered group serving the same PanDA queue thus share the filtered label's
+    jobs instead of both submitting for them."""
+    out: dict[str, dict[str, int]] = {k: {} for k in members}
+    for cell, counts in cells.items():
+        covering = {k: w for k, (covers, w) in members.items() if covers(cell)}
+        if not covering:
+            continue
+        for field_name, total in counts.items():
+            parts = split_count(max(0, total), covering)
+            for k, part in parts.items():
+                out[k][field_name] = out[k].get(field_name, 0) + part
+    return out
+
+
+def queue_weight(queue: QueueConfig) -> float:
+    """A queue's weight when its demand is shared: its ``share``, 1 when unset."""
+    return 1.0 if queue.settings.share is None else queue.settings.share

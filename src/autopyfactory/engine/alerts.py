@@ -238,7 +238,7 @@ class Alerts(Observer):
         now = self.clock() if now is None else now
         alerts: list[Alert] = []
         for name, profile in sorted(self.auth_profiles.items()):
-            if getattr(profile, "plugin", None) != "X509":
+            if profile.plugin != "X509":
                 continue
             options = profile.options
             path = str(Path(options.proxyfile).expanduser())

@@ -8,55 +8,13 @@ cascade's memory between cycles.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from autopyfactory.config.policy import Cascade, Tier
+from autopyfactory.config.policy import Tier
 from autopyfactory.decide.policy import CascadeAllocation, PolicyEvent, TierAllocation, TierState
 from autopyfactory.decide.retire import pick_idle, pick_running
-from autopyfactory.model import Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
-
-if TYPE_CHECKING:
-    from autopyfactory.engine.factory import QueueRuntime
-    from autopyfactory.model import Action
-
-
-REPORTED_EVENTS = 1000
-
-
-@dataclass
-class CascadeRuntime:
-    cascade: Cascade
-    tiers: list[QueueRuntime]  # in the cascade's fill order
-    next_due: float = 0.0
-    seen_batch: dict[str, float | None] = field(default_factory=dict)
-    backoff_until: dict[str, float] = field(default_factory=dict)
-    # running pilots of a tier when it last counted as full (its observed capacity)
-    capacity_hint: dict[str, int] = field(default_factory=dict)
-    last_scale_up: dict[str, float] = field(default_factory=dict)
-    redrive: bool = False  # a tier failed this cycle: allocate again at once
-    last: CascadeAllocation | None = None
-    # (condition, tier) pairs that hold (full, quota, spill, backoff): the allocation reports a
-    # condition when it starts to hold, so each change is reported once
-    last_event_keys: frozenset[tuple[str, str]] = frozenset()
-    decisions: int = 0
-    # the latest events reported, with their numbers (a bounded window for status pages and the
-    # simulator, which drains it)
-    reported: deque[PolicyEvent] = field(default_factory=lambda: deque(maxlen=REPORTED_EVENTS))
-
-    @property
-    def name(self) -> str:
-        return self.cascade.name
-
-    @property
-    def label(self) -> str:
-        """How the cascade appears among queue names in the store (``apf explain``)."""
-        return f"cascade:{self.cascade.name}"
-
-    def tier(self, queue: str) -> Tier:
-        return self.cascade.tier(queue)
+from autopyfactory.engine.state import CascadeRuntime
+from autopyfactory.model import Action, Cancel, Decision, Pilot, PilotState, Retire, Step, Submit, Supply
 
 
 def tier_state(
@@ -106,8 +64,8 @@ def _capacity_hint(cr: CascadeRuntime, queue: str, running: int) -> int | None:
 def learn_capacity(cr: CascadeRuntime, alloc: CascadeAllocation, states: dict[str, TierState]) -> None:
     """Remember what an allocation showed: a tier whose full condition held on what was observed
     (its pilots are not starting) can run what it runs now, whatever combination of conditions
-    declared it full; and the conditions that hold now (the next allocation reports only those
-    that start to hold)."""
+    declared it full; and the conditions that hold now, as (condition, tier) pairs in
+    ``last_event_keys`` (the next allocation reports only those that start to hold)."""
     for t in alloc.tiers:
         state = states.get(t.tier)
         if state is not None and t.observed_full and state.running > 0:
@@ -165,9 +123,7 @@ def tier_actions(t: TierAllocation, pilots: Sequence[Pilot], killorder: str) -> 
 
 
 def new_events(cr: CascadeRuntime, events: Sequence[PolicyEvent]) -> list[PolicyEvent]:
-    """The events to record. The allocation already reports each condition once, when it starts
-    to hold (``learn_capacity`` keeps the conditions); this keeps a window of them with their
-    numbers (``n``, ``to``) for the simulator and status pages."""
-    out = list(events)
-    cr.reported.extend(out)
-    return out
+    """The events to record: the allocation reports each condition once, when it starts to hold
+    (it reads the conditions that hold from ``TierState.conditions``, kept by ``learn_capacity``),
+    and every drain; each event carries its numbers (``n``, ``to``)."""
+    return list(events)

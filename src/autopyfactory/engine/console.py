@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from autopyfactory.engine.events import Observer
-from autopyfactory.model import Demand, Plan, Supply
+from autopyfactory.model import Demand, Pilot, Plan, Supply
 
 
 class ConsoleTable(Observer):
@@ -31,8 +32,8 @@ class ConsoleTable(Observer):
         )
         self.changed.append(plan.queue)
 
-    def on_submitted(self, queue: str, pilots: object) -> None:
-        self.submitted[queue] = self.submitted.get(queue, 0) + len(pilots)  # type: ignore[arg-type]
+    def on_submitted(self, queue: str, pilots: Sequence[Pilot]) -> None:
+        self.submitted[queue] = self.submitted.get(queue, 0) + len(pilots)
 
     def on_cycle(self, duration: float, queues_decided: int, now: float) -> None:
         header = ("queue", "demand", "pending", "running", "done", "last n", "binding")

@@ -30,5 +30,8 @@ class Observer:
     def on_cycle(self, duration: float, queues_decided: int, now: float) -> None:
         pass
 
+    def on_store(self, ok: bool, error: str | None) -> None:
+        """The store started failing (``ok`` False) or works again."""
+
     def on_stop(self) -> None:
         pass

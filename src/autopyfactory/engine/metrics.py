@@ -1,9 +1,9 @@
-"""Prometheus metrics: an engine Observer that keeps per-queue and per-poller numbers and serves
-them at ``http://<address>/metrics`` (127.0.0.1 by default; port 0 picks a free port).
+"""Prometheus metrics: an engine Observer that keeps per-queue and per-poller numbers in its own
+``CollectorRegistry``; the daemon's web server (``web.address``) serves them at ``/metrics``.
 
-Each factory gets its own ``CollectorRegistry`` (never the process-global one), so two factories
-in one process, or tests, do not mix their numbers. The hooks only update in-memory values and
-never raise; the HTTP server runs in its own thread.
+Each factory gets its own registry (never the process-global one), so two factories in one
+process, or tests, do not mix their numbers. The hooks only update in-memory values and never
+raise.
 
 Metrics (label ``queue`` unless noted):
 
@@ -36,31 +36,6 @@ from autopyfactory.engine.events import Observer
 from autopyfactory.model import Demand, Pilot, Plan, Supply
 
 log = logging.getLogger("autopyfactory.metrics")
-
-DEFAULT_ADDRESS = "127.0.0.1"
-
-
-def parse_address(text: str | None, default_port: int = 0) -> tuple[str, int]:
-    """``host:port``, ``:port``, ``port`` or ``host`` -> (host, port); IPv6 as ``[::1]:9100``."""
-    if not text:
-        return DEFAULT_ADDRESS, default_port
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    elif text.isdigit():
-        host, port = "", text
-    else:
-        host, port = text, ""
-    try:
-        number = int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"[Factory] metrics.address: bad port in {text!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"[Factory] metrics.address: port out of range in {text!r}")
-    return host or DEFAULT_ADDRESS, number
 
 
 class _PollerCollector(Collector):
@@ -103,19 +78,15 @@ class Metrics(Observer):
         self,
         factory_id: str,
         *,
-        address: str | None = None,
         clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.factory_id = factory_id
         self.clock = clock
-        self.host, self.requested_port = parse_address(address)
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.lock = threading.Lock()
         self.pollers: dict[tuple[str, str], dict[str, float | int | bool | None]] = {}
         self._binding: dict[str, str] = {}
-        self._server = None
-        self._thread: threading.Thread | None = None
         r = self.registry
         q = ["queue"]
         self.info = Gauge("apf_factory_info", "this factory", ["factory"], registry=r)
@@ -148,37 +119,6 @@ class Metrics(Observer):
         self.cycle_queues = Gauge("apf_cycle_queues_decided", "queues decided in the last cycle", registry=r)
         r.register(_PollerCollector(self))
         self.info.labels(factory=factory_id).set(1)
-
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    def start(self) -> int:
-        """Serve /metrics; returns the bound port (useful with port 0)."""
-        from prometheus_client import start_http_server
-
-        server, thread = start_http_server(self.requested_port, addr=self.host, registry=self.registry)
-        self._server, self._thread = server, thread
-        log.info("metrics at http://%s:%d/metrics", self.host, self.port)
-        return self.port
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("metrics server not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     # -- Observer hooks (fast, never raise) -----------------------------------------------------
 
@@ -256,6 +196,3 @@ class Metrics(Observer):
             self.cycle_queues.set(queues_decided)
         except Exception:
             log.exception("metrics on_cycle")
-
-    def on_stop(self) -> None:
-        self.stop()

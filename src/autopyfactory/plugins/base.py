@@ -1,73 +1,51 @@
-"""Plugin contracts shared by every kind, and the entry-point registry.
+"""Plugin contracts of the backend kinds: WMS status, batch status, batch submit, monitor.
 
-A plugin is a class with an APF name (``Ready``, ``CondorOSGCE``, ``Panda``), a kind, and an
-``Options`` model that declares every config key it reads, with type and default. Keys live in a
-queue section as ``<kind>.<name lowercase>.<suffix>``; the ``Options`` field for a key is named
-by its suffix (``alias`` when the suffix is not a Python name, e.g. ``overlay.peaceful``).
+What every plugin is (kind, name, ``Options``) lives in ``plugins.options``; the entry-point
+registry in ``plugins.registry``. Both are re-exported here for plugin modules' convenience.
 
-Plugins are found through the entry-point groups ``autopyfactory.<kind>``, so a site package can
-add its own without touching the core. Loading a plugin imports only its own module: heavy
-libraries (HTCondor bindings, boto3) are imported by the plugin modules that need them.
+Optional capabilities are declared, never discovered: a plugin that can do more sets a class
+attribute and overrides the matching method (``BatchStatusPlugin.settles`` + ``settle``,
+``BatchSubmitPlugin.has_cleanup`` + ``cleanup``, ``WmsStatusPlugin.adjusts_demand`` +
+``at_decision``), and the engine reads the attribute.
 """
 
 from __future__ import annotations
 
-import difflib
-import threading
+import json
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autopyfactory.model import BatchSnapshot, Demand, Pilot, PilotTags, WmsSnapshot
+from autopyfactory.plugins.options import Plugin, PluginOptions, SubmitOptions, options_key
+from autopyfactory.plugins.registry import KINDS, PluginError, did_you_mean, load, names, register
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import AuthProfile, FactorySettings, QueueConfig
 
-KINDS = ("sched", "wmsstatus", "batchstatus", "batchsubmit", "monitor", "auth", "config")
+__all__ = [
+    "KINDS",
+    "BackendError",
+    "BatchStatusPlugin",
+    "BatchSubmitPlugin",
+    "FactoryContext",
+    "MonitorPlugin",
+    "Plugin",
+    "PluginError",
+    "PluginOptions",
+    "SubmitOptions",
+    "WmsStatusPlugin",
+    "did_you_mean",
+    "load",
+    "names",
+    "options_key",
+    "register",
+]
 
-
-class PluginOptions(BaseModel):
-    """Base of every plugin's typed options. Unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    # Key suffix prefixes whose keys are collected into a dict field instead of being declared one
-    # by one, e.g. {"condor_attributes.": "condor_attributes_keys"} for
-    # ``batchsubmit.condorbase.condor_attributes.+xcount = 8``.
-    dynamic: ClassVar[Mapping[str, str]] = {}
-
-
-class SubmitOptions(PluginOptions):
-    """Keys every batch submit plugin has (APF's retire semantics)."""
-
-    # APF: a negative decision retires nothing unless the queue sets overlay.peaceful = False
-    overlay_peaceful: bool = Field(True, alias="overlay.peaceful")
-    # which running pilots go first when retiring: newest or oldest
-    overlay_killorder: Literal["newest", "oldest"] = Field("newest", alias="overlay.killorder")
-    # retiring drains running pilots peacefully; True removes them outright (the backend cannot
-    # drain, e.g. grid pilots, and the operator accepts killing running work)
-    overlay_kill_running: bool = Field(False, alias="overlay.kill_running")
-
-
-class Plugin:
-    kind: ClassVar[str] = ""
-    name: ClassVar[str] = ""
-    Options: ClassVar[type[PluginOptions]] = PluginOptions
-    # Key prefixes in precedence order, most specific first. Empty means
-    # ``<kind>.<name lowercase>.`` (APF's convention).
-    key_prefixes: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def prefixes(cls) -> tuple[str, ...]:
-        return cls.key_prefixes or (f"{cls.kind}.{cls.name.lower()}.",)
-
-
-class PluginError(Exception):
-    """A plugin could not be found or loaded."""
+# Poll timing when neither the plugin nor [Factory] says otherwise (APF's names: ``sleep``, ``maxage``)
+DEFAULT_INTERVAL = 60.0
+DEFAULT_MAXAGE = 360.0
 
 
 class BackendError(Exception):
@@ -101,15 +79,47 @@ class FactoryContext:
             ) from None
 
 
-class WmsStatusPlugin(Plugin):
-    """Observes demand. One instance per endpoint, shared by every queue that uses it."""
+class StatusPlugin(Plugin):
+    """What WMS and batch status plugins share: one instance per endpoint, polled on a schedule."""
 
-    kind = "wmsstatus"
+    # poll interval and staleness when [Factory] ``<kind>.<name>.sleep`` / ``.maxage`` are unset
+    default_interval: ClassVar[float] = DEFAULT_INTERVAL
+    default_maxage: ClassVar[float] = DEFAULT_MAXAGE
+    # a failing endpoint is retried at most this many poll intervals apart
+    # ([Factory] ``<kind>.<name>.maxbackoff`` in seconds overrides it)
+    default_maxbackoff_intervals: ClassVar[float] = 3.0
 
     @classmethod
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
         """Queues whose endpoints compare equal share one poller."""
-        return (cls.name, options_key(queue.plugin_options("wmsstatus")))
+        return (cls.name, options_key(queue.plugin_options(cls.kind)))
+
+    def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
+        self.endpoint_key = endpoint
+        self.factory = factory
+
+    def describe_endpoint(self) -> str:
+        """This poller named in words for logs and status (``batchstatus Slurm at user@head``);
+        plugins whose endpoint key does not describe itself override it."""
+        return endpoint_label(self.kind, self.name, self.endpoint_key)
+
+    def transport_state(self) -> str | None:
+        """How the connection to the endpoint fares when it is not 'ok' (e.g. an SSH target backing
+        off), for status displays; None when there is nothing to say."""
+        return None
+
+    def credential_profiles(self) -> tuple[str, ...]:
+        """Names of the auth profiles this endpoint authenticates with (the credential manager
+        keeps them valid; a queue whose credential is dead submits nothing)."""
+        return ()
+
+
+class WmsStatusPlugin(StatusPlugin):
+    """Observes demand. One instance per endpoint, shared by every queue that uses it."""
+
+    kind = "wmsstatus"
+    # True when ``at_decision`` changes demand (a simulated WMS modelling pilots taking jobs)
+    adjusts_demand: ClassVar[bool] = False
 
     @classmethod
     def demand_key(cls, queue: QueueConfig, factory: FactoryContext) -> str | None:
@@ -117,10 +127,6 @@ class WmsStatusPlugin(Plugin):
         Default: its wmsqueue. A plugin whose queues filter one WMS queue (Panda with
         prodsourcelabels) returns a distinct key per filter."""
         return queue.wmsqueue
-
-    def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
-        self.endpoint_key = endpoint
-        self.factory = factory
 
     def register(self, queue: QueueConfig) -> None:
         """Called for every queue that uses this endpoint, before the first poll and on reload."""
@@ -138,18 +144,12 @@ class WmsStatusPlugin(Plugin):
         pass
 
 
-class BatchStatusPlugin(Plugin):
+class BatchStatusPlugin(StatusPlugin):
     """Observes the factory's own pilots at one endpoint (a schedd, a Slurm cluster, a region)."""
 
     kind = "batchstatus"
-
-    @classmethod
-    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
-        return (cls.name, options_key(queue.plugin_options("batchstatus")))
-
-    def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
-        self.endpoint_key = endpoint
-        self.factory = factory
+    # True when ``settle`` can tell what became of pilots a poll no longer lists
+    settles: ClassVar[bool] = False
 
     def register(self, queue: QueueConfig) -> None:
         """Called for every queue that uses this endpoint, before the first poll and on reload."""
@@ -157,6 +157,12 @@ class BatchStatusPlugin(Plugin):
     def poll(self, now: float) -> BatchSnapshot:
         """Every pilot tagged with this factory's id at this endpoint. Raise BackendError on failure."""
         raise NotImplementedError
+
+    def settle(self, pilots: Sequence[Pilot], now: float) -> Sequence[Pilot]:
+        """Pilots the store thinks active but a poll no longer lists (after a restart): return what
+        is known of them (Slurm: final state from sacct; PSI/J: tracked again). Pilots left out
+        are marked unknown. Called on the poller thread (it may do I/O)."""
+        return ()
 
     def close(self) -> None:
         pass
@@ -167,15 +173,27 @@ class BatchSubmitPlugin(Plugin):
 
     kind = "batchsubmit"
     Options: ClassVar[type[PluginOptions]] = SubmitOptions
+    # True when ``cleanup`` has work to do each cycle (log trees, VMs whose node retired)
+    has_cleanup: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, options: PluginOptions, factory: FactoryContext) -> None:
         self.queue = queue
         self.options = options
         self.factory = factory
 
+    @property
+    def retire_options(self) -> SubmitOptions:
+        """APF's retire keys (``overlay.*``); every submit plugin's Options derive from SubmitOptions."""
+        return self.options if isinstance(self.options, SubmitOptions) else SubmitOptions()
+
     def target(self) -> str:
         """The resource this queue acts on; actions on one target run one at a time."""
         return self.name
+
+    def credential_profiles(self) -> tuple[str, ...]:
+        """Names of the auth profiles this queue's submissions use (a queue whose credential is
+        expired or failing submits nothing and says why)."""
+        return ()
 
     def submit(self, n: int, tags: PilotTags, now: float) -> Sequence[Pilot]:
         """Submit n pilots, every one carrying ``tags``. Return what was created."""
@@ -190,7 +208,8 @@ class BatchSubmitPlugin(Plugin):
         raise NotImplementedError
 
     def cleanup(self, pilots: Sequence[Pilot], now: float) -> None:
-        """Called once per cycle with the queue's pilots (e.g. remove VMs whose node retired)."""
+        """Called once per cycle with the queue's pilots when ``has_cleanup`` (e.g. remove VMs
+        whose node retired). Runs on the action threads, serialised with the queue's target."""
 
     def close(self) -> None:
         pass
@@ -222,59 +241,55 @@ class MonitorPlugin(Plugin):
         pass
 
 
-# ---------------------------------------------------------------------------------------------
-# Registry
+def endpoint_label(kind: str, plugin_name: str, endpoint_key: Hashable) -> str:
+    """A poller or target named in words: ``batchstatus Slurm at user@hpc:22 (cluster c1)``.
 
-_lock = threading.Lock()
-_cache: dict[str, dict[str, EntryPoint]] = {}
-_extra: dict[tuple[str, str], type[Plugin]] = {}
-_loaded: dict[tuple[str, str], type[Plugin]] = {}
-
-
-def register(cls: type[Plugin]) -> type[Plugin]:
-    """Register a plugin class in-process (tests and embedding); entry points are the normal way."""
-    _extra[(cls.kind, cls.name)] = cls
-    return cls
-
-
-def names(kind: str) -> list[str]:
-    """Every plugin name available for a kind, without importing any plugin module."""
-    with _lock:
-        if kind not in _cache:
-            _cache[kind] = {ep.name: ep for ep in entry_points(group=f"autopyfactory.{kind}")}
-        found = set(_cache[kind])
-    found.update(name for (k, name) in _extra if k == kind)
-    return sorted(found)
-
-
-def load(kind: str, name: str) -> type[Plugin]:
-    if (kind, name) in _extra:
-        return _extra[(kind, name)]
-    if (kind, name) in _loaded:
-        return _loaded[(kind, name)]
-    available = names(kind)
-    if name not in available:
-        hint = did_you_mean(name, available)
-        raise PluginError(f"unknown {kind} plugin {name!r}{hint}")
-    try:
-        cls = _cache[kind][name].load()
-    except Exception as exc:  # an installed plugin that fails to import
-        raise PluginError(f"{kind} plugin {name!r} failed to load: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise PluginError(f"{kind} plugin {name!r} is not a Plugin subclass")
-    _loaded[(kind, name)] = cls
-    return cls
+    Keys that print themselves (a class with its own ``__str__``) are used as they are; the
+    default ``(name, options JSON)`` tuples show their non-empty options as ``key=value``."""
+    head = f"{kind} {plugin_name}"
+    if type(endpoint_key).__str__ is not object.__str__ and not isinstance(endpoint_key, tuple | str):
+        text = str(endpoint_key)
+        return f"{kind} {text}" if text.startswith(plugin_name) else f"{head} {text}"
+    options: Mapping[str, Any] = {}
+    places: list[str] = []
+    parts = endpoint_key if isinstance(endpoint_key, tuple) else (endpoint_key,)
+    for part in parts:
+        if not isinstance(part, str) or not part or part == plugin_name:
+            continue
+        if part.startswith("{"):
+            try:
+                loaded = json.loads(part)
+            except ValueError:
+                loaded = None
+            if isinstance(loaded, dict):
+                options = loaded
+                continue
+        places.append(_short(part))
+    where = f" at {', '.join(places)}" if places else ""
+    return head + where + _describe_options(options)
 
 
-def did_you_mean(word: str, choices: Sequence[str] | set[str]) -> str:
-    """' (did you mean X?)' or '' — shared by every 'unknown name' error."""
-    lowered = {c.lower(): c for c in choices}
-    if word.lower() in lowered and lowered[word.lower()] != word:
-        return f" (did you mean {lowered[word.lower()]!r}? names are case-sensitive)"
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_SECRETISH = ("secret", "token", "password", "passphrase", "key")
 
 
-def options_key(options: PluginOptions | None) -> str:
-    """A hashable, order-stable identity of an options model (for sharing pollers per endpoint)."""
-    return options.model_dump_json() if options is not None else ""
+def _describe_options(options: Mapping[str, Any]) -> str:
+    host = options.get("host") or options.get("scheddhost") or options.get("url")
+    where = ""
+    if host:
+        user = options.get("user")
+        port = options.get("port") or options.get("scheddport")
+        where = f" at {user + '@' if user else ''}{host}{':' + str(port) if port and port != 22 else ''}"
+    rest = [
+        f"{k}={_short(v)}"
+        for k, v in options.items()
+        if v not in (None, "", [], {})
+        and k not in ("host", "user", "port", "scheddhost", "scheddport", "url")
+        and not any(s in k.lower() for s in _SECRETISH)
+        and not isinstance(v, dict | list)
+    ]
+    return where + (f" ({', '.join(rest)})" if rest else "")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

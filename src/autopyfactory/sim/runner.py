@@ -42,8 +42,6 @@ from autopyfactory.store import ledger
 from autopyfactory.store.api import Store
 
 STATE_FILE = "simulation.json"
-# cascade events the allocation reports itself (with their numbers); others come from the store
-POLICY_EVENTS = ("spill", "full", "quota_exhausted", "backoff", "drain")
 
 
 @dataclass
@@ -177,8 +175,13 @@ class Simulation:
     def _after_step(self, factory: Factory, store: Store, now: float, plans: list[Any]) -> None:
         self._release_unstarted(store, now)
         for cascade in factory.cascades.values():
-            while cascade.reported:
-                e = cascade.reported.popleft()
+            alloc = cascade.last
+            if alloc is None or alloc.time != now:
+                continue
+            # the numbers of each event (the store keeps its words); an allocation the engine
+            # redid in the same cycle (a backend refused) leaves only the last one's here, the
+            # store has them all (_all_events)
+            for e in alloc.events:
                 self.events.append(
                     {"time": _iso(e.time or now), "cascade": cascade.name}
                     | e.as_dict()
@@ -335,19 +338,22 @@ class Simulation:
         return out
 
     def _all_events(self, store: Store, factory_id: str) -> list[dict[str, Any]]:
-        """The allocation's events (with their numbers), and what else the engine recorded for a
-        cascade (a tier backed off after a backend refused, ...)."""
-        seen = {(e["time"], e["kind"], e["message"]) for e in self.events}
-        extra = []
-        for e in reversed(store.events(factory_id, limit=100_000)):
+        """Every event the engine recorded for a cascade (the store), with the numbers (``n``,
+        ``to``) of those the allocation reported; events the engine itself recorded (a tier backed
+        off after a backend refused, ...) name their tier and have no number."""
+        numbered = {(e["time"], e["kind"], e["message"]): e for e in self.events}
+        out = []
+        for e in reversed(store.events(factory_id, limit=1_000_000)):
             label = e["queue"] or ""
             if not label.startswith("cascade:"):
                 continue
             key = (_iso(e["time"]), e["kind"], e["message"])
-            if key in seen:
+            known = numbered.get(key)
+            if known is not None:
+                out.append(known)
                 continue
-            tier = re.match(r"tier (\S+) ", e["message"])
-            extra.append(
+            tier = re.match(r"(?:tier )?([^\s:]+)[: ]", e["message"])
+            out.append(
                 {
                     "time": key[0],
                     "cascade": label.removeprefix("cascade:"),
@@ -357,7 +363,7 @@ class Simulation:
                     "message": e["message"],
                 }
             )
-        return sorted(self.events + extra, key=lambda e: e["time"])
+        return out
 
 
 def _iso(t: float) -> str:

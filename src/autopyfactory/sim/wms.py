@@ -13,7 +13,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import FactoryContext, PluginOptions, WmsStatusPlugin
@@ -43,15 +43,19 @@ def parse_steps(text: str) -> tuple[tuple[float, int], ...]:
 
 
 class SimWmsOptions(PluginOptions):
-    activated: int | None = None
-    steps: str | None = None
-    period: float | None = None
-    trace: str | None = None
-    site_status: str = "online"
-    running: int = 0
+    activated: int | None = Field(None, ge=0, le=1_000_000, description="constant ready (activated) jobs")
+    steps: str | None = Field(
+        None, description="demand over time, 'seconds:activated, ...' from the factory's start"
+    )
+    period: float | None = Field(
+        None, gt=0, le=31_622_400, description="repeat steps every this many seconds"
+    )
+    trace: str | None = Field(None, description="CSV demand trace (time,wmsqueue,activated)")
+    site_status: str = Field("online", description="site status reported: online, test, offline, brokeroff")
+    running: int = Field(0, ge=0, le=1_000_000, description="running jobs reported")
     # Model pilots taking jobs: activated = level - pilots the factory sees running for this
     # WMS queue (a real WMS's activated count drops as pilots pick jobs up).
-    consume: bool = False
+    consume: bool = Field(False, description="pilots take jobs: activated drops by the running pilots")
 
     @field_validator("steps")
     @classmethod
@@ -90,6 +94,7 @@ class SimWmsStatus(WmsStatusPlugin):
     Options = SimWmsOptions
     default_interval = 10.0
     default_maxage = 120.0
+    adjusts_demand = True  # running pilots take jobs (``consume``)
 
     @classmethod
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:

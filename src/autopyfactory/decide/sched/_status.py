@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, NO_WMS
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class StatusPlugin(SchedPlugin):
@@ -16,7 +19,9 @@ class StatusPlugin(SchedPlugin):
     status: ClassVar[str] = ""
 
     class Options(PluginOptions):
-        pilots: int = 0
+        pilots: int = Field(
+            0, ge=0, le=COUNT_MAX, description="pilots per cycle while the site has this status"
+        )
 
     options: Options
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Fixed(SchedPlugin):
@@ -12,7 +15,9 @@ class Fixed(SchedPlugin):
     name = "Fixed"
 
     class Options(PluginOptions):
-        pilotspercycle: int | None = None
+        pilotspercycle: int | None = Field(
+            None, ge=0, le=COUNT_MAX, description="pilots every cycle (input ignored); unset or 0 gives 0"
+        )
 
     options: Options
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class KeepNRunning(SchedPlugin):
@@ -14,7 +17,12 @@ class KeepNRunning(SchedPlugin):
     name = "KeepNRunning"
 
     class Options(PluginOptions):
-        keep_running: int | None = None
+        keep_running: int | None = Field(
+            None,
+            ge=0,
+            le=COUNT_MAX,
+            description="pilots to keep (pending + running); unset: the input is the target",
+        )
 
     options: Options
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MaxPending(SchedPlugin):
@@ -13,8 +16,10 @@ class MaxPending(SchedPlugin):
     name = "MaxPending"
 
     class Options(PluginOptions):
-        maximum: int | None = None
-        allow_negative: bool = True
+        maximum: int | None = Field(
+            None, ge=0, le=COUNT_MAX, description="pending pilots at most (no cap while none is pending)"
+        )
+        allow_negative: bool = Field(True, description="above the maximum, a negative n takes pilots back")
 
     options: Options
 

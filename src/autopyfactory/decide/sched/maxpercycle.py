@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MaxPerCycle(SchedPlugin):
     name = "MaxPerCycle"
 
     class Options(PluginOptions):
-        maximum: int | None = None
+        maximum: int | None = Field(
+            None, ge=0, le=COUNT_MAX, description="pilots submitted per cycle at most"
+        )
 
     options: Options
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MaxPerFactory(SchedPlugin):
@@ -14,7 +17,12 @@ class MaxPerFactory(SchedPlugin):
 
     class Options(PluginOptions):
         # Our own per-queue override; APF reads only [Factory] maxperfactory.maximum
-        maximum: int | None = None
+        maximum: int | None = Field(
+            None,
+            ge=0,
+            le=COUNT_MAX,
+            description="active pilots at the batch endpoint at most ([Factory] maxperfactory.maximum)",
+        )
 
     options: Options
 

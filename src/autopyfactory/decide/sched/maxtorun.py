@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, pending, running
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MaxToRun(SchedPlugin):
@@ -13,7 +16,9 @@ class MaxToRun(SchedPlugin):
     name = "MaxToRun"
 
     class Options(PluginOptions):
-        maximum: int | None = None
+        maximum: int | None = Field(
+            None, ge=0, le=COUNT_MAX, description="pending + running pilots at most (can give a negative n)"
+        )
 
     options: Options
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MinPending(SchedPlugin):
@@ -13,7 +16,7 @@ class MinPending(SchedPlugin):
     name = "MinPending"
 
     class Options(PluginOptions):
-        minimum: int | None = None
+        minimum: int | None = Field(None, ge=0, le=COUNT_MAX, description="keep at least this many pending")
 
     options: Options
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class MinPerCycle(SchedPlugin):
     name = "MinPerCycle"
 
     class Options(PluginOptions):
-        minimum: int | None = None
+        minimum: int | None = Field(
+            None,
+            ge=-COUNT_MAX,
+            le=COUNT_MAX,
+            description="n is at least this (may be negative, as in AutoPyFactory)",
+        )
 
     options: Options
 

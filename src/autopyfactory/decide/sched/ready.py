@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, NO_WMS, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Ready(SchedPlugin):
@@ -13,7 +16,9 @@ class Ready(SchedPlugin):
     name = "Ready"
 
     class Options(PluginOptions):
-        offset: int = 0
+        offset: int = Field(
+            0, ge=-COUNT_MAX, le=COUNT_MAX, description="ready jobs not to cover (negative: extra pilots)"
+        )
 
     options: Options
 

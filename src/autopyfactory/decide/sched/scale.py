@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+from pydantic import Field
+
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Scale(SchedPlugin):
@@ -15,7 +17,9 @@ class Scale(SchedPlugin):
     name = "Scale"
 
     class Options(PluginOptions):
-        factor: float = 1.0
+        factor: float = Field(
+            1.0, ge=0, le=1000, allow_inf_nan=False, description="n is multiplied by this and rounded up"
+        )
 
     options: Options
 

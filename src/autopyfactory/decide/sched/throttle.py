@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
+from autopyfactory.config.bounds import COUNT_MAX, SECONDS_MAX
 from autopyfactory.decide.base import SchedContext, SchedPlugin
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class Throttle(SchedPlugin):
@@ -14,12 +17,19 @@ class Throttle(SchedPlugin):
     name = "Throttle"
 
     class Options(PluginOptions):
-        interval: int = 3600
-        maxtime: int = 10
-        ratio: float = 0.5
-        submit: int = 1
+        interval: int = Field(
+            3600, ge=1, le=int(SECONDS_MAX), description="seconds of pilot history looked at"
+        )
+        maxtime: int = Field(10, ge=0, le=int(SECONDS_MAX), description="a pilot that ran less is short")
+        ratio: float = Field(
+            0.5, ge=0, le=1, allow_inf_nan=False, description="above this share of short pilots, throttle"
+        )
+        submit: int = Field(1, ge=0, le=COUNT_MAX, description="pilots per cycle while throttled")
 
     options: Options
+
+    def history_window(self) -> tuple[float, float]:
+        return float(self.options.interval), float(self.options.maxtime)
 
     def calc(self, ctx: SchedContext, n: int) -> tuple[int, str]:
         history = ctx.history

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from autopyfactory.decide.base import SchedContext, SchedPlugin
 from autopyfactory.decide.sched._common import NO_BATCH, NO_WMS, pending
-from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.options import PluginOptions
 
 
 class WeightedActivated(SchedPlugin):
@@ -13,8 +15,10 @@ class WeightedActivated(SchedPlugin):
     name = "WeightedActivated"
 
     class Options(PluginOptions):
-        activated: float = 1.0
-        pending: float = 1.0
+        activated: float = Field(1.0, ge=0, le=1000, allow_inf_nan=False, description="weight of ready jobs")
+        pending: float = Field(
+            1.0, ge=0, le=1000, allow_inf_nan=False, description="weight of pending pilots"
+        )
 
     options: Options
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from autopyfactory.plugins.auth.base import AuthPlugin
 from autopyfactory.plugins.base import PluginOptions
 
 
 class CloudKeyOptions(PluginOptions):
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
-    access_key_id_file: str | None = None
-    secret_access_key_file: str | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
+    access_key_id: SecretStr | None = Field(None, description="inline access key id (secret; never shown)")
+    secret_access_key: SecretStr | None = Field(
+        None, description="inline secret access key (secret; never shown)"
+    )
+    access_key_id_file: str | None = Field(None, description="file holding the access key id")
+    secret_access_key_file: str | None = Field(None, description="file holding the secret access key")
+    region: str | None = Field(None, description="cloud region")
+    endpoint_url: str | None = Field(None, description="API endpoint URL (default: the provider's)")
 
 
 class CloudKey(AuthPlugin):

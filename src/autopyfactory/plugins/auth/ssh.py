@@ -11,14 +11,16 @@ from autopyfactory.plugins.base import PluginOptions
 
 
 class SSHOptions(PluginOptions):
-    type: str = "ed25519"
-    privatekeyfile: str | None = None
-    publickeyfile: str | None = None
-    privkeypassfile: str | None = None
+    type: str = Field("ed25519", description="key type, e.g. ed25519 or rsa")
+    privatekeyfile: str | None = Field(None, description="the private key file")
+    publickeyfile: str | None = Field(None, description="the public key file")
+    privkeypassfile: str | None = Field(None, description="file holding the private key's passphrase")
     # Inline keys (base64 in APF); kept secret
-    privatekey: SecretStr | None = None
-    publickey: SecretStr | None = None
-    privkeypass: SecretStr | None = None
+    privatekey: SecretStr | None = Field(None, description="inline private key, base64 (secret; never shown)")
+    publickey: SecretStr | None = Field(None, description="inline public key, base64")
+    privkeypass: SecretStr | None = Field(
+        None, description="inline passphrase of the private key (secret; never shown)"
+    )
     knownhostsfile: str | None = Field(
         None, description="known_hosts used for strict host-key checking (default ~/.ssh/known_hosts)"
     )

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from autopyfactory.plugins.auth.base import AuthPlugin
 from autopyfactory.plugins.base import PluginOptions
 
 
 class TokenOptions(PluginOptions):
-    tokenfile: str | None = None
-    token: SecretStr | None = None
-    origin: str | None = None
+    tokenfile: str | None = Field(None, description="file holding the bearer token (read at each use)")
+    token: SecretStr | None = Field(None, description="inline bearer token (secret; never shown)")
+    origin: str | None = Field(None, description="Origin header some PanDA servers want with a token")
 
 
 class Token(AuthPlugin):

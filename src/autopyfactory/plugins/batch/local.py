@@ -38,10 +38,11 @@ from autopyfactory.plugins.batch.script import parse_environ
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
 
-# $1 = pilot dir, $2 = slot dir, $3 = slots (0 = unlimited), then the command.
+# $1 = pilot dir, $2 = slot dir, $3 = slots (0 = unlimited), $4/$5 = stdout/stderr files, then
+# the command.
 _WRAPPER = r"""
-d=$1; slotdir=$2; slots=$3; shift 3
-echo $$ > "$d/pid"
+d=$1; slotdir=$2; slots=$3; out=$4; err=$5; shift 5
+echo $$ > "$d/pid.tmp" && mv "$d/pid.tmp" "$d/pid"
 if [ "$slots" -gt 0 ]; then
   while :; do
     i=1
@@ -54,7 +55,7 @@ if [ "$slots" -gt 0 ]; then
   done
 fi
 date +%s > "$d/started.tmp" && mv "$d/started.tmp" "$d/started"
-"$@" > "$d/out" 2> "$d/err" 9>&-
+"$@" > "$out" 2> "$err" 9>&-
 rc=$?
 echo $rc > "$d/rc.tmp" && mv "$d/rc.tmp" "$d/rc"
 """
@@ -65,14 +66,14 @@ def local_root(factory: FactoryContext) -> Path:
 
 
 def pilot_environment(
-    queue: QueueConfig, factory: FactoryContext, tags: PilotTags, backend_id: str, out_path: Path
+    queue: QueueConfig, factory: FactoryContext, tags: PilotTags, backend_id: str, gtag: str
 ) -> dict[str, str]:
     """AutoPyFactory's pilot environment (apf-reference 5.1): the shared part plus what a local
-    pilot knows at submission (its id and output file)."""
+    pilot knows at submission (its id and where its output goes)."""
     env = pilot_script.pilot_environment(queue, factory, tags, {})
     env.update(
         {
-            "GTAG": str(out_path),
+            "GTAG": gtag,
             "APFCID": backend_id,
             "FACTORY_JOBID": f"{socket.gethostname()}#{backend_id}",
         }
@@ -95,7 +96,7 @@ def resolve_executable(queue: QueueConfig) -> str:
 
 class LocalSubmitOptions(SubmitOptions):
     slots: int = Field(0, ge=0, description="concurrently running pilots on this host; 0 = no limit")
-    environ: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
 
     def model_post_init(self, context: object) -> None:
         parse_environ(self.environ)  # reject a malformed environ at load time
@@ -124,14 +125,29 @@ class LocalSubmit(BatchSubmitPlugin):
         argv = [resolve_executable(self.queue)]
         argv += shlex.split(self.queue.settings.executable_arguments or "")
         extra_env = parse_environ(self.options.environ)
+        # with baseLogDir, output goes to APF's log tree <baseLogDir>/<day>/<queue>/<id>.out|.err
+        # (what the pilot log server serves and baseLogDirUrl names); else into the pilot's dir
+        settings = self.factory.settings
+        log_dir = pilot_script.log_dir(self.factory, self.queue.name, now, settings.baseLogDir)
+        log_url = pilot_script.log_dir(self.factory, self.queue.name, now, settings.baseLogDirUrl)
+        if log_dir:
+            try:
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BackendError(
+                    self.target(), f"cannot create the log directory {log_dir}: {exc}"
+                ) from exc
         pilots = []
         for i in range(n):
             backend_id = f"{tags.intent_id}.{i}"
             pdir = self.dir / backend_id
             pdir.mkdir()
+            out = Path(log_dir) / f"{backend_id}.out" if log_dir else pdir / "out"
+            err = Path(log_dir) / f"{backend_id}.err" if log_dir else pdir / "err"
+            gtag = f"{log_url}/{backend_id}.out" if log_dir and log_url else str(out)
             (pdir / "tags").write_text(f"{tags.factory_id}\n{tags.queue}\n{tags.intent_id}\n{now}\n")
             env = dict(os.environ)
-            env.update(pilot_environment(self.queue, self.factory, tags, backend_id, pdir / "out"))
+            env.update(pilot_environment(self.queue, self.factory, tags, backend_id, gtag))
             env.update(extra_env)
             try:
                 child = subprocess.Popen(
@@ -143,6 +159,8 @@ class LocalSubmit(BatchSubmitPlugin):
                         str(pdir),
                         str(self.slot_dir),
                         str(self.options.slots),
+                        str(out),
+                        str(err),
                         *argv,
                     ],
                     env=env,
@@ -191,7 +209,9 @@ class LocalSubmit(BatchSubmitPlugin):
 
 
 class LocalStatusOptions(PluginOptions):
-    keep_finished: float = Field(3600.0, description="seconds a finished pilot's directory is kept")
+    keep_finished: float = Field(
+        3600.0, ge=0, le=366 * 86400, description="seconds a finished pilot's directory is kept"
+    )
 
 
 class LocalStatus(BatchStatusPlugin):
@@ -246,8 +266,10 @@ def read_pilot(pdir: Path) -> Pilot | None:
     elif cancelled:
         state = PilotState.CANCELLED
         ended = _mtime_or_none(pdir / "cancelled")
-    elif not (pdir / "pid").exists() and time.time() - float(submitted) < 30:
-        state = PilotState.PENDING  # wrapper not yet up
+    elif not (_read_or_none(pdir / "pid") or "").strip() and time.time() - float(submitted) < 30:
+        # wrapper not yet up (a pid file being written counts as none: a poll that fell in that
+        # instant reported a live pilot as failed, and the factory submitted it again)
+        state = PilotState.PENDING
     else:
         state = PilotState.FAILED  # the wrapper died without writing rc (killed, host reboot)
         ended = _mtime_or_none(pdir / "pid")

@@ -1,13 +1,14 @@
 """``batchsubmitplugin = LSF`` / ``batchstatusplugin = LSF``: pilots as IBM Spectrum LSF jobs.
 
-Same shape as the Slurm backend: argv builders, pure parsers, a transport runs them.
+The flow, targets, transports and error handling are the shared command base (``command.py``);
+this module has LSF's argv builders, state table, parsers and error texts.
 
 * Submit: one ``bsub`` per cycle with the pilot script on stdin; n > 1 pilots are one job array
   (``-J "<tag>[1-n]"``). The tag is the job name and the job description (``-Jd``).
 * Status: ``bjobs -a -o "<fields>" -json`` (LSF 10.1+), filtered to this factory's tag; array
   elements are ``<jobid>[<index>]``.
-* Cancel: ``bkill``. LSF has no per-job drain, so a peaceful retire leaves running pilots alone;
-  ``kill`` removes them.
+* Cancel: ``bkill``; a job that has already finished is not an error. LSF has no per-job drain,
+  so a peaceful retire leaves running pilots alone; ``kill`` removes them.
 
 No LSF cluster runs in this project's tests: the parsers are tested on outputs written by hand
 from the documented formats (tests/data/batch/).
@@ -16,48 +17,36 @@ from the documented formats (tests/data/batch/).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
-from autopyfactory.model import BatchSnapshot, Pilot, PilotState, PilotTags
-from autopyfactory.plugins.base import (
-    BackendError,
-    BatchStatusPlugin,
-    BatchSubmitPlugin,
-    FactoryContext,
-    SubmitOptions,
-)
+from autopyfactory.model import Pilot, PilotState, PilotTags
 from autopyfactory.plugins.batch import script as pilot_script
-from autopyfactory.plugins.transport.base import POOL, RemoteOptions, Result, Transport, transport_for
-
-if TYPE_CHECKING:
-    from autopyfactory.config.models import QueueConfig
-
-log = logging.getLogger(__name__)
+from autopyfactory.plugins.batch.command import (
+    CommandRules,
+    CommandStatus,
+    CommandSubmit,
+    CommandSubmitOptions,
+    StateTable,
+    parse_int,
+)
+from autopyfactory.plugins.transport.base import RemoteOptions
 
 BJOBS_FIELDS = (
     "jobid jobindex stat job_name job_description exec_host submit_time start_time finish_time exit_code"
 )
-_CHUNK = 200
 
 
-class LSFSubmitOptions(RemoteOptions, SubmitOptions):
+class LSFSubmitOptions(CommandSubmitOptions):
     queue: str | None = Field(None, description="LSF queue (-q)")
     project: str | None = Field(None, description="project / account (-P)")
     walltime: str | None = Field(None, description="minutes or HH:MM (-W)")
-    cores: int | None = Field(None, ge=1, description="slots per pilot (-n)")
+    cores: int | None = Field(None, ge=1, le=100_000, description="slots per pilot (-n)")
     memory: str | None = Field(None, description="memory limit per pilot in MB (-M, -R rusage[mem=...])")
-    extra: str | None = Field(None, description="extra #BSUB options, one per line or ';' separated")
-    environ: str | None = None
-    workdir: str | None = None
-    logdir: str | None = Field(None, description="directory on the cluster for pilot output")
-    logurl: str | None = None
 
     @field_validator("walltime")
     @classmethod
@@ -73,62 +62,29 @@ class LSFSubmitOptions(RemoteOptions, SubmitOptions):
             raise ValueError("memory must be a number of MB")
         return value
 
-    @field_validator("environ")
-    @classmethod
-    def _environ(cls, value: str | None) -> str | None:
-        pilot_script.parse_environ(value)
-        return value
-
 
 class LSFStatusOptions(RemoteOptions):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class LSFTarget:
-    host: str | None = None
-    user: str | None = None
-    port: int = 22
-    authprofile: str | None = None
-
-    @property
-    def label(self) -> str:
-        where = "local" if not self.host else f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-        return f"lsf:{where}"
-
-    def transport(self, factory: FactoryContext, where: str) -> Transport:
-        return transport_for(
-            factory, self.host, user=self.user, port=self.port, authprofile=self.authprofile, where=where
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # parsing (pure)
 
-_STATES = {
-    "PEND": PilotState.PENDING,
-    "WAIT": PilotState.PENDING,
-    "PROV": PilotState.PENDING,
-    "RUN": PilotState.RUNNING,
-    "PSUSP": PilotState.HELD,
-    "USUSP": PilotState.HELD,
-    "SSUSP": PilotState.HELD,
-    "DONE": PilotState.DONE,
-    "EXIT": PilotState.FAILED,
-    "UNKWN": PilotState.UNKNOWN,
-    "ZOMBI": PilotState.UNKNOWN,
-}
-_warned: set[str] = set()
+STATES = StateTable(
+    "LSF",
+    {
+        PilotState.PENDING: "PEND WAIT PROV",
+        PilotState.RUNNING: "RUN",
+        PilotState.HELD: "PSUSP USUSP SSUSP",
+        PilotState.DONE: "DONE",
+        PilotState.FAILED: "EXIT",
+        PilotState.UNKNOWN: "UNKWN ZOMBI",
+    },
+)
 
 
 def map_state(stat: str) -> PilotState:
-    stat = stat.strip().upper()
-    if stat in _STATES:
-        return _STATES[stat]
-    if stat not in _warned:
-        _warned.add(stat)
-        log.warning("unknown LSF job state %r: pilots in it are counted as unknown", stat)
-    return PilotState.UNKNOWN
+    return STATES(stat.strip().upper())
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,13 +131,6 @@ def lsf_time(text: str | None, now: float | None = None) -> float | None:
     return None
 
 
-def _int(value: object) -> int | None:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
-
-
 def parse_bjobs_json(text: str, now: float | None = None) -> list[LSFJob]:
     """``bjobs -o "<BJOBS_FIELDS>" -json``: ``{"COMMAND":"bjobs","JOBS":n,"RECORDS":[{...}]}``."""
     text = text.strip()
@@ -196,7 +145,7 @@ def parse_bjobs_json(text: str, now: float | None = None) -> list[LSFJob]:
         if rec.get("ERROR"):
             continue  # e.g. "Job <123> is not found"
         job_id = str(rec.get("JOBID", "")).strip()
-        index = _int(rec.get("JOBINDEX", "0")) or 0
+        index = parse_int(rec.get("JOBINDEX", "0")) or 0
         if index:
             job_id = f"{job_id}[{index}]"
         host = str(rec.get("EXEC_HOST", "") or "").strip()
@@ -211,7 +160,7 @@ def parse_bjobs_json(text: str, now: float | None = None) -> list[LSFJob]:
                 submitted=lsf_time(rec.get("SUBMIT_TIME"), now),
                 started=lsf_time(rec.get("START_TIME"), now),
                 ended=lsf_time(rec.get("FINISH_TIME"), now),
-                exit_code=_int(rec.get("EXIT_CODE", "")),
+                exit_code=parse_int(rec.get("EXIT_CODE", "")),
             )
         )
     return jobs
@@ -243,32 +192,37 @@ def to_pilot(job: LSFJob, tags: PilotTags) -> Pilot:
     )
 
 
-def _error(target: str, what: str, res: Result) -> BackendError:
-    return pilot_script.command_failure(
-        target, what, res, ("limit", "Pending job threshold reached", "MAX_JOBS")
-    )
+def bsub_ids(job_id: str, n: int) -> list[str]:
+    """The elements of the array ``bsub -J "name[1-n]"`` made (or the one job)."""
+    return [f"{job_id}[{i}]" for i in range(1, n + 1)] if n > 1 else [job_id]
 
 
-_NO_JOBS = ("No job found", "No unfinished job found", "No matching job found")
+RULES = CommandRules(
+    system="LSF",
+    # bsub refused by a pending-job threshold (MAX_PEND_JOBS/MAX_PEND_SLOTS) or a job limit
+    capacity=(
+        "Pending job threshold reached",
+        "MAX_PEND_JOBS",
+        "MAX_PEND_SLOTS",
+        "MAX_JOBS",
+        "limit reached",
+    ),
+    gone=re.compile(r"^Job <[^>]+>: (Job has already finished|No matching job found)$"),
+    no_jobs=re.compile(r"^No (unfinished |matching )?job found$"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # plugins
 
 
-class LSFSubmit(BatchSubmitPlugin):
+class LSFSubmit(CommandSubmit):
     name = "LSF"
     Options = LSFSubmitOptions
-
-    def __init__(self, queue: QueueConfig, options: LSFSubmitOptions, factory: FactoryContext) -> None:
-        super().__init__(queue, options, factory)
-        self.options: LSFSubmitOptions = options
-        self.lsf_target = LSFTarget(options.host or None, options.user, options.port, options.authprofile)
-        self._pooled = self.lsf_target.transport(factory, "batchsubmit.lsf")
-        self.transport: Transport = self._pooled
-
-    def target(self) -> str:
-        return self.lsf_target.label
+    rules = RULES
+    directive = "#BSUB"
+    log_name = "${LSB_JOBID}_${LSB_JOBINDEX:-0}"
+    options: LSFSubmitOptions
 
     def directives(self) -> list[str]:
         o = self.options
@@ -289,126 +243,33 @@ class LSFSubmit(BatchSubmitPlugin):
             out.append(line.removeprefix("#BSUB").strip())
         return out
 
-    def script(self, tags: PilotTags, now: float) -> str:
-        if not self.queue.settings.executable:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
-        env = pilot_script.pilot_environment(
-            self.queue, self.factory, tags, pilot_script.parse_environ(self.options.environ)
+    def cid_setup(self) -> str:
+        return (
+            'APFCID="${LSB_JOBID}"\n'
+            'if [ "${LSB_JOBINDEX:-0}" != 0 ]; then APFCID="${LSB_JOBID}[${LSB_JOBINDEX}]"; fi'
         )
-        spec = pilot_script.ScriptSpec(
-            directive="#BSUB",
-            directives=self.directives(),
-            cid_setup=(
-                'APFCID="${LSB_JOBID}"\n'
-                'if [ "${LSB_JOBINDEX:-0}" != 0 ]; then APFCID="${LSB_JOBID}[${LSB_JOBINDEX}]"; fi'
-            ),
-            executable=self.queue.settings.executable,
-            arguments=self.queue.settings.executable_arguments,
-            environment=env,
-            gtag_prefix=self.options.logurl or self.options.logdir,
-            comment=f"autopyfactory pilot: {tags.job_name()}",
-            log_name="${LSB_JOBID}_${LSB_JOBINDEX:-0}",
-            redirect_dir=self.options.logdir,
-        )
-        return pilot_script.render(spec)
 
-    def submit_argv(self, n: int, tags: PilotTags) -> list[str]:
+    def submit_argv(self, n: int, tags: PilotTags, now: float) -> list[str]:
         tag = tags.job_name()
         name = f"{tag}[1-{n}]" if n > 1 else tag
         return ["bsub", "-J", name, "-Jd", tag]
 
+    def submitted_ids(self, output: str, n: int) -> list[str]:
+        return bsub_ids(parse_bsub(output), n)
+
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["bkill", *job_ids]
 
-    def submit(self, n: int, tags: PilotTags, now: float) -> list[Pilot]:
-        if n <= 0:
-            return []
-        text = self.script(tags, now)
-        res = self.transport.run(self.submit_argv(n, tags), input=text.encode(), timeout=self.options.timeout)
-        if res.rc != 0:
-            raise _error(self.target(), "bsub", res)
-        try:
-            job_id = parse_bsub(res.stdout)
-        except ValueError as exc:
-            raise BackendError(self.target(), str(exc)) from None
-        ids = [f"{job_id}[{i}]" for i in range(1, n + 1)] if n > 1 else [job_id]
-        return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
 
-    def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
-            res = self.transport.run(self.cancel_argv(chunk), timeout=self.options.timeout)
-            if (
-                res.rc != 0
-                and "Job has already finished" not in res.brief()
-                and "No matching job" not in res.brief()
-            ):
-                raise _error(self.target(), "bkill", res)
-
-    def retire(self, backend_ids: Sequence[str], kill: bool = False) -> None:
-        if kill:
-            self.cancel(backend_ids)
-        elif backend_ids:
-            log.info(
-                "queue %s: LSF has no per-job drain; %d pilot(s) keep running",
-                self.queue.name,
-                len(backend_ids),
-            )
-
-    def close(self) -> None:
-        POOL.release(self._pooled)
-
-
-@dataclass(frozen=True, slots=True)
-class LSFEndpoint:
-    target: LSFTarget
-    timeout: float = 60.0
-
-
-class LSFStatus(BatchStatusPlugin):
+class LSFStatus(CommandStatus):
     name = "LSF"
     Options = LSFStatusOptions
-
-    @classmethod
-    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
-        sub = queue.plugin_options("batchsubmit")
-        st = queue.plugin_options("batchstatus")
-        src = (
-            sub
-            if isinstance(sub, LSFSubmitOptions)
-            else st
-            if isinstance(st, RemoteOptions)
-            else RemoteOptions()
-        )
-        return LSFEndpoint(LSFTarget(src.host or None, src.user, src.port, src.authprofile), src.timeout)
-
-    def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
-        super().__init__(endpoint, factory)
-        self.ep = endpoint if isinstance(endpoint, LSFEndpoint) else LSFEndpoint(LSFTarget())
-        self._pooled = self.ep.target.transport(factory, "batchstatus.lsf")
-        self.transport: Transport = self._pooled
-        self._prefix = f"apf:{factory.factory_id}:"
+    Submit = LSFSubmit
+    rules = RULES
 
     def status_argv(self) -> list[str]:
         return ["bjobs", "-a", "-o", BJOBS_FIELDS, "-json"]
 
-    def poll(self, now: float) -> BatchSnapshot:
-        res = self.transport.run(self.status_argv(), timeout=self.ep.timeout)
-        if res.rc != 0 and not any(m in res.brief() for m in _NO_JOBS):
-            raise _error(self.ep.target.label, "bjobs", res)
-        try:
-            jobs = parse_bjobs_json(res.stdout, now)
-        except ValueError as exc:
-            raise BackendError(self.ep.target.label, str(exc)) from None
-        pilots = []
-        for job in jobs:
-            if not job.tag.startswith(self._prefix):
-                continue
-            tags = PilotTags.parse_job_name(job.tag)
-            if tags is not None:
-                pilots.append(to_pilot(job, tags))
-        return BatchSnapshot(now, tuple(pilots))
-
-    def close(self) -> None:
-        POOL.release(self._pooled)
+    def pilots(self, output: str, now: float) -> list[Pilot]:
+        jobs = parse_bjobs_json(output, now)
+        return [to_pilot(job, tags) for job in jobs if (tags := self.own_tags(job.tag)) is not None]

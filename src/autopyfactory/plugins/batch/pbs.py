@@ -1,14 +1,15 @@
 """``batchsubmitplugin = PBS`` / ``batchstatusplugin = PBS``: pilots as PBS Pro or Torque jobs.
 
-Same shape as the Slurm backend: argv builders, pure parsers, a transport runs them.
+The flow, targets, transports and error handling are the shared command base (``command.py``);
+this module has PBS's argv builders, state table, parsers and error texts.
 
 * Submit: one ``qsub`` per cycle with the pilot script on stdin; n > 1 pilots are one job array
   (``-J 0-<n-1>`` on PBS Pro, ``-t 0-<n-1>`` on Torque). The tag ``apf:<factory>:<queue>:<intent>``
   travels as the job variable ``APF_TAG`` (PBS job names are short and restricted).
 * Status: ``qstat -f -t`` (PBS Pro text, ``-x`` adds finished jobs from the history) or
   ``qstat -f -x -t`` (Torque XML), filtered to this factory's tag.
-* Cancel: ``qdel``. PBS has no per-job drain, so a peaceful retire leaves running pilots alone;
-  ``kill`` deletes them.
+* Cancel: ``qdel``; a job that has already finished or is unknown is not an error. PBS has no
+  per-job drain, so a peaceful retire leaves running pilots alone; ``kill`` deletes them.
 
 No PBS server runs in this project's tests: the parsers are tested on outputs written by hand
 from the documented formats (tests/data/batch/).
@@ -16,51 +17,41 @@ from the documented formats (tests/data/batch/).
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
-from autopyfactory.model import BatchSnapshot, Pilot, PilotState, PilotTags
-from autopyfactory.plugins.base import (
-    BackendError,
-    BatchStatusPlugin,
-    BatchSubmitPlugin,
-    FactoryContext,
-    SubmitOptions,
-)
+from autopyfactory.model import Pilot, PilotState, PilotTags
 from autopyfactory.plugins.batch import script as pilot_script
-from autopyfactory.plugins.transport.base import POOL, RemoteOptions, Result, Transport, transport_for
-
-if TYPE_CHECKING:
-    from autopyfactory.config.models import QueueConfig
-
-log = logging.getLogger(__name__)
+from autopyfactory.plugins.batch.command import (
+    CommandEndpoint,
+    CommandRules,
+    CommandStatus,
+    CommandSubmit,
+    CommandSubmitOptions,
+    StateTable,
+    parse_int,
+)
+from autopyfactory.plugins.transport.base import RemoteOptions
 
 Flavor = Literal["pbspro", "torque"]
-_CHUNK = 200
 
 
 class PBSTargetOptions(RemoteOptions):
     flavor: Flavor = Field("pbspro", description="pbspro (qsub -J arrays) or torque (qsub -t arrays)")
 
 
-class PBSSubmitOptions(PBSTargetOptions, SubmitOptions):
+class PBSSubmitOptions(PBSTargetOptions, CommandSubmitOptions):
     queue: str | None = Field(None, description="PBS queue (-q)")
     account: str | None = Field(None, description="account string (-A)")
     walltime: str | None = Field(None, description="minutes or HH:MM:SS")
-    cores: int | None = Field(None, ge=1)
+    cores: int | None = Field(None, ge=1, le=100_000, description="CPU cores per pilot (ncpus)")
     memory: str | None = Field(None, description="memory per pilot in MB, or with a kb/mb/gb suffix")
-    extra: str | None = Field(None, description="extra #PBS options, one per line or ';' separated")
-    environ: str | None = None
-    workdir: str | None = None
-    logdir: str | None = Field(None, description="directory on the cluster for pilot output")
-    logurl: str | None = None
 
     @field_validator("walltime")
     @classmethod
@@ -68,12 +59,6 @@ class PBSSubmitOptions(PBSTargetOptions, SubmitOptions):
         if value is None:
             return None
         pbs_walltime(value)
-        return value
-
-    @field_validator("environ")
-    @classmethod
-    def _environ(cls, value: str | None) -> str | None:
-        pilot_script.parse_environ(value)
         return value
 
 
@@ -98,22 +83,9 @@ def pbs_memory(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class PBSTarget:
-    host: str | None = None
-    user: str | None = None
-    port: int = 22
-    authprofile: str | None = None
+class PBSEndpoint(CommandEndpoint):
     flavor: Flavor = "pbspro"
-
-    @property
-    def label(self) -> str:
-        where = "local" if not self.host else f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-        return f"pbs:{where}"
-
-    def transport(self, factory: FactoryContext, where: str) -> Transport:
-        return transport_for(
-            factory, self.host, user=self.user, port=self.port, authprofile=self.authprofile, where=where
-        )
+    history: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,38 +105,27 @@ class PBSJob:
     attrs: dict[str, str] = field(default_factory=dict)
 
 
-_STATES = {
-    "Q": PilotState.PENDING,
-    "W": PilotState.PENDING,
-    "T": PilotState.PENDING,
-    "M": PilotState.PENDING,
-    "H": PilotState.HELD,
-    "S": PilotState.HELD,
-    "U": PilotState.HELD,
-    "R": PilotState.RUNNING,
-    "E": PilotState.RUNNING,
-    "B": PilotState.RUNNING,
-}
-_warned: set[str] = set()
+STATES = StateTable(
+    "PBS",
+    {
+        PilotState.PENDING: "Q W T M",
+        PilotState.HELD: "H S U",
+        PilotState.RUNNING: "R E B",
+    },
+)
+FINISHED = ("F", "X", "C")  # finished (Pro history), finished subjob (Pro), completed (Torque)
 KILLED_BY_QDEL = 271  # 256 + SIGTERM: what PBS reports for a job deleted while running
 
 
 def map_state(state: str, exit_status: int | None) -> PilotState:
     state = state.strip().upper()
-    if state in _STATES:
-        return _STATES[state]
-    if state in ("F", "X", "C"):  # finished (Pro history), finished subjob (Pro), completed (Torque)
-        if exit_status is None:
-            return PilotState.UNKNOWN
-        if exit_status == 0:
-            return PilotState.DONE
-        if exit_status == KILLED_BY_QDEL:
-            return PilotState.CANCELLED
-        return PilotState.FAILED
-    if state not in _warned:
-        _warned.add(state)
-        log.warning("unknown PBS job state %r: pilots in it are counted as unknown", state)
-    return PilotState.UNKNOWN
+    if state not in FINISHED:
+        return STATES(state)
+    if exit_status is None:
+        return PilotState.UNKNOWN
+    if exit_status == 0:
+        return PilotState.DONE
+    return PilotState.CANCELLED if exit_status == KILLED_BY_QDEL else PilotState.FAILED
 
 
 def _variable(variables: str, name: str) -> str | None:
@@ -188,16 +149,9 @@ def _ctime(text: str | None) -> float | None:
         return None
 
 
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None
-
-
 def _job(attrs: dict[str, str]) -> PBSJob:
     job_id = attrs.get("Job_Id", "")
-    exit_status = _int(attrs.get("Exit_status", attrs.get("exit_status")))
+    exit_status = parse_int(attrs.get("Exit_status", attrs.get("exit_status")))
     host = attrs.get("exec_host")
     return PBSJob(
         job_id=job_id,
@@ -207,7 +161,7 @@ def _job(attrs: dict[str, str]) -> PBSJob:
         submitted=_ctime(attrs.get("ctime") or attrs.get("qtime")),
         started=_ctime(attrs.get("stime") or attrs.get("start_time")),
         ended=_ctime(attrs.get("obittime") or attrs.get("comp_time") or attrs.get("mtime"))
-        if attrs.get("job_state") in ("F", "X", "C")
+        if attrs.get("job_state") in FINISHED
         else None,
         node=host.split("/", 1)[0] if host else None,
         attrs=attrs,
@@ -285,35 +239,38 @@ def to_pilot(job: PBSJob, tags: PilotTags) -> Pilot:
         started_at=job.started,
         ended_at=job.ended,
         node=job.node,
-        exit_code=job.exit_status if job.state in ("F", "X", "C") else None,
+        exit_code=job.exit_status if job.state in FINISHED else None,
     )
 
 
-def _error(target: str, what: str, res: Result) -> BackendError:
-    return pilot_script.command_failure(
-        target, what, res, ("would exceed", "Maximum number of jobs", "max_queued")
-    )
+def is_array_parent(job: PBSJob) -> bool:
+    """An array's own record (``123[].server``): its subjobs are listed on their own."""
+    return job.job_id.split(".")[0].endswith("[]")
+
+
+RULES = CommandRules(
+    system="PBS",
+    capacity=("would exceed", "Maximum number of jobs", "max_queued"),
+    # qdel of a job that is gone: "Unknown Job Id <id>" (Pro), "Unknown Job Id Error <id>" and
+    # "nonexistent job id: <id>" (Torque), "Job <id> has finished" (Pro with job history),
+    # "invalid state for job - COMPLETE <id>" (Torque keeping completed jobs)
+    gone=re.compile(
+        r"^qdel: (Unknown Job Id( Error)? \S+|nonexistent job id: \S+|Job (\S+ )?has finished"
+        r"|Request invalid for state of job MSG=invalid state for job - COMPLETE \S+)$"
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # plugins
 
 
-class PBSSubmit(BatchSubmitPlugin):
+class PBSSubmit(CommandSubmit):
     name = "PBS"
     Options = PBSSubmitOptions
-
-    def __init__(self, queue: QueueConfig, options: PBSSubmitOptions, factory: FactoryContext) -> None:
-        super().__init__(queue, options, factory)
-        self.options: PBSSubmitOptions = options
-        self.pbs_target = PBSTarget(
-            options.host or None, options.user, options.port, options.authprofile, options.flavor
-        )
-        self._pooled = self.pbs_target.transport(factory, "batchsubmit.pbs")
-        self.transport: Transport = self._pooled
-
-    def target(self) -> str:
-        return self.pbs_target.label
+    rules = RULES
+    directive = "#PBS"
+    options: PBSSubmitOptions
 
     def directives(self) -> list[str]:
         o = self.options
@@ -339,123 +296,42 @@ class PBSSubmit(BatchSubmitPlugin):
             out.append(line.removeprefix("#PBS").strip())
         return out
 
-    def script(self, tags: PilotTags, now: float) -> str:
-        if not self.queue.settings.executable:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
-        env = pilot_script.pilot_environment(
-            self.queue, self.factory, tags, pilot_script.parse_environ(self.options.environ)
-        )
-        cd = f"cd {self.options.workdir}\n" if self.options.workdir else 'cd "${PBS_O_WORKDIR:-$HOME}"\n'
-        spec = pilot_script.ScriptSpec(
-            directive="#PBS",
-            directives=self.directives(),
-            # PBS_JOBID already names the subjob: 123[4].server
-            cid_setup=cd + 'APFCID="${PBS_JOBID}"',
-            executable=self.queue.settings.executable,
-            arguments=self.queue.settings.executable_arguments,
-            environment=env,
-            gtag_prefix=self.options.logurl or self.options.logdir,
-            comment=f"autopyfactory pilot: {tags.job_name()}",
-            redirect_dir=self.options.logdir,
-        )
-        return pilot_script.render(spec)
+    def cid_setup(self) -> str:
+        cd = f"cd {self.options.workdir}" if self.options.workdir else 'cd "${PBS_O_WORKDIR:-$HOME}"'
+        # PBS_JOBID already names the subjob: 123[4].server
+        return cd + '\nAPFCID="${PBS_JOBID}"'
 
-    def submit_argv(self, n: int, tags: PilotTags) -> list[str]:
+    def submit_argv(self, n: int, tags: PilotTags, now: float) -> list[str]:
         argv = ["qsub", "-N", "apf", "-v", f"APF_TAG={tags.job_name()}"]
         if n > 1:
             argv += ["-J" if self.options.flavor == "pbspro" else "-t", f"0-{n - 1}"]
         return argv
 
+    def submitted_ids(self, output: str, n: int) -> list[str]:
+        job_id = parse_qsub(output)
+        return subjob_ids(job_id, n) if n > 1 else [job_id]
+
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
         return ["qdel", *job_ids]
 
-    def submit(self, n: int, tags: PilotTags, now: float) -> list[Pilot]:
-        if n <= 0:
-            return []
-        text = self.script(tags, now)
-        res = self.transport.run(self.submit_argv(n, tags), input=text.encode(), timeout=self.options.timeout)
-        if res.rc != 0:
-            raise _error(self.target(), "qsub", res)
-        try:
-            job_id = parse_qsub(res.stdout)
-        except ValueError as exc:
-            raise BackendError(self.target(), str(exc)) from None
-        ids = subjob_ids(job_id, n) if n > 1 else [job_id]
-        return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
 
-    def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
-            res = self.transport.run(self.cancel_argv(chunk), timeout=self.options.timeout)
-            if res.rc != 0 and "Unknown Job Id" not in res.brief() and "finished" not in res.brief():
-                raise _error(self.target(), "qdel", res)
-
-    def retire(self, backend_ids: Sequence[str], kill: bool = False) -> None:
-        if kill:
-            self.cancel(backend_ids)
-        elif backend_ids:
-            log.info(
-                "queue %s: PBS has no per-job drain; %d pilot(s) keep running",
-                self.queue.name,
-                len(backend_ids),
-            )
-
-    def close(self) -> None:
-        POOL.release(self._pooled)
-
-
-@dataclass(frozen=True, slots=True)
-class PBSEndpoint:
-    target: PBSTarget
-    history: bool = True
-    timeout: float = 60.0
-
-
-class PBSStatus(BatchStatusPlugin):
+class PBSStatus(CommandStatus):
     name = "PBS"
     Options = PBSStatusOptions
-
-    @classmethod
-    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
-        sub = queue.plugin_options("batchsubmit")
-        st = queue.plugin_options("batchstatus")
-        st = st if isinstance(st, PBSStatusOptions) else PBSStatusOptions()
-        src = sub if isinstance(sub, PBSTargetOptions) else st
-        target = PBSTarget(src.host or None, src.user, src.port, src.authprofile, src.flavor)
-        return PBSEndpoint(target, st.history, src.timeout)
-
-    def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
-        super().__init__(endpoint, factory)
-        self.ep = endpoint if isinstance(endpoint, PBSEndpoint) else PBSEndpoint(PBSTarget())
-        self._pooled = self.ep.target.transport(factory, "batchstatus.pbs")
-        self.transport: Transport = self._pooled
-        self._prefix = f"apf:{factory.factory_id}:"
+    Submit = PBSSubmit
+    Endpoint = PBSEndpoint
+    rules = RULES
+    ep: PBSEndpoint
 
     def status_argv(self) -> list[str]:
-        if self.ep.target.flavor == "torque":
+        if self.ep.flavor == "torque":
             return ["qstat", "-f", "-x", "-t"]
         return ["qstat", "-f", "-t", *(["-x"] if self.ep.history else [])]
 
-    def parse(self, text: str) -> list[PBSJob]:
-        return parse_qstat_xml(text) if self.ep.target.flavor == "torque" else parse_qstat_full(text)
-
-    def poll(self, now: float) -> BatchSnapshot:
-        res = self.transport.run(self.status_argv(), timeout=self.ep.timeout)
-        if res.rc != 0:
-            raise _error(self.ep.target.label, "qstat", res)
-        try:
-            jobs = self.parse(res.stdout)
-        except ValueError as exc:
-            raise BackendError(self.ep.target.label, str(exc)) from None
-        pilots = []
-        for job in jobs:
-            if not job.tag or not job.tag.startswith(self._prefix) or job.job_id.split(".")[0].endswith("[]"):
-                continue  # not ours, or an array's parent record (its subjobs are listed)
-            tags = PilotTags.parse_job_name(job.tag)
-            if tags is not None:
-                pilots.append(to_pilot(job, tags))
-        return BatchSnapshot(now, tuple(pilots))
-
-    def close(self) -> None:
-        POOL.release(self._pooled)
+    def pilots(self, output: str, now: float) -> list[Pilot]:
+        jobs = parse_qstat_xml(output) if self.ep.flavor == "torque" else parse_qstat_full(output)
+        return [
+            to_pilot(job, tags)
+            for job in jobs
+            if not is_array_parent(job) and (tags := self.own_tags(job.tag)) is not None
+        ]

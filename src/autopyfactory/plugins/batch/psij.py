@@ -35,6 +35,7 @@ from autopyfactory.plugins.base import (
     SubmitOptions,
 )
 from autopyfactory.plugins.batch import script as pilot_script
+from autopyfactory.plugins.keys import PSIJ, NeedsModules
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -51,13 +52,15 @@ class PSIJTargetOptions(PluginOptions):
 
 class PSIJSubmitOptions(PSIJTargetOptions, SubmitOptions):
     queue: str | None = Field(None, description="batch queue / partition")
-    account: str | None = None
+    account: str | None = Field(None, description="account / project charged")
     walltime: int = Field(60, ge=1, description="minutes")
     cores: int | None = Field(None, ge=1, description="CPU cores per pilot")
-    environ: str | None = None
-    workdir: str | None = None
+    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
+    workdir: str | None = Field(None, description="pilot working directory on the cluster")
     logdir: str | None = Field(None, description="directory for pilot stdout/stderr (<psij job id>.out/.err)")
-    logurl: str | None = None
+    logurl: str | None = Field(
+        None, description="URL that serves logdir (GTAG points at <logurl>/<APFCID>.out)"
+    )
 
 
 class PSIJStatusOptions(PSIJTargetOptions):
@@ -152,7 +155,8 @@ def _endpoint(options: PSIJTargetOptions) -> PSIJEndpoint:
     return PSIJEndpoint(options.executor, options.url, options.polling, options.keep)
 
 
-class PSIJSubmit(BatchSubmitPlugin):
+class PSIJSubmit(NeedsModules, BatchSubmitPlugin):
+    requires = (PSIJ,)
     name = "PSIJ"
     Options = PSIJSubmitOptions
 
@@ -169,11 +173,7 @@ class PSIJSubmit(BatchSubmitPlugin):
         from psij import JobAttributes, JobSpec, ResourceSpecV1
 
         o = self.options
-        exe = self.queue.settings.executable
-        if not exe:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
+        exe = pilot_script.executable(self.queue, self.target())
         env = pilot_script.pilot_environment(
             self.queue, self.factory, tags, pilot_script.parse_environ(o.environ)
         )
@@ -261,9 +261,11 @@ class PSIJSubmit(BatchSubmitPlugin):
             )
 
 
-class PSIJStatus(BatchStatusPlugin):
+class PSIJStatus(NeedsModules, BatchStatusPlugin):
+    requires = (PSIJ,)
     name = "PSIJ"
     Options = PSIJStatusOptions
+    settles = True  # pilots of an earlier run are tracked again (``adopt``)
 
     @classmethod
     def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
@@ -276,6 +278,11 @@ class PSIJStatus(BatchStatusPlugin):
         super().__init__(endpoint, factory)
         ep = endpoint if isinstance(endpoint, PSIJEndpoint) else PSIJEndpoint()
         self.runtime = _Runtime.get(ep)
+
+    def settle(self, pilots: Sequence[Pilot], now: float) -> Sequence[Pilot]:
+        """After a restart: track the store's pilots again; the next poll reports their state."""
+        self.adopt(pilots)
+        return pilots
 
     def adopt(self, pilots: Sequence[Pilot]) -> None:
         """Track pilots this process did not submit (ids from the store after a restart)."""

@@ -1,4 +1,4 @@
-"""Pilot batch scripts shared by the command-line backends (Slurm, PBS/Torque, LSF).
+"""Pilot batch scripts shared by the command-line backends (Slurm, PBS/Torque, LSF; PSI/J's environment).
 
 A backend gives its directive prefix (``#SBATCH``), its directive lines, and a shell snippet that
 sets ``APFCID`` from the batch system's own variables at run time (the job id is only known
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
     from autopyfactory.model import PilotTags
     from autopyfactory.plugins.base import FactoryContext
-    from autopyfactory.plugins.transport.base import Result
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -37,17 +36,11 @@ def parse_environ(text: str | None) -> dict[str, str]:
     return out
 
 
-def chunks(items: Sequence[str], size: int = 500) -> Iterator[list[str]]:
-    """Ids in groups small enough for one command line (scancel, qdel, bkill, sacct)."""
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
-def command_failure(target: str, what: str, res: Result, capacity_markers: Sequence[str]) -> BackendError:
-    """A failed batch command as a clear BackendError; refusals for capacity are marked so."""
-    text = res.brief()
-    capacity = any(m in text for m in capacity_markers)
-    return BackendError(target, f"{what} failed (exit {res.rc}): {text}", capacity=capacity)
+def executable(queue: QueueConfig, target: str) -> str:
+    """The queue's pilot executable; a BackendError naming the queue when it has none."""
+    if not queue.settings.executable:
+        raise BackendError(target, f"queue {queue.name!r} has no 'executable' to run as pilot")
+    return queue.settings.executable
 
 
 def split_lines(text: str | None) -> list[str]:

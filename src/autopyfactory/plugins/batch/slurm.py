@@ -1,9 +1,9 @@
 """``batchsubmitplugin = Slurm`` / ``batchstatusplugin = Slurm``: pilots as Slurm batch jobs.
 
-Commands are data: small methods return the argv to run (``submit_argv``, ``status_argv``,
-``cancel_argv``, ``drain_argv``, ``sacct_argv``); parsers are pure functions from a command's
-output to records; a transport (local subprocess or SSH) runs them. So the same code drives a
-local Slurm and a remote head node, and the parsers are tested on recorded output.
+The flow, targets, transports and error handling are the shared command base (``command.py``);
+this module has Slurm's argv builders (``submit_argv``, ``status_argv``, ``cancel_argv``,
+``drain_argv``, ``sacct_argv``), state table, pure parsers (tested on recorded output), error
+texts, and what only Slurm does: draining nodes and settling finished pilots from sacct.
 
 * Submit: one ``sbatch --parsable`` per cycle, a job array (``--array=0-<n-1>``) when n > 1, the
   pilot script on stdin. Every pilot carries ``apf:<factory>:<queue>:<intent>`` as its job name
@@ -27,18 +27,22 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from autopyfactory.model import BatchSnapshot, Pilot, PilotState, PilotTags
-from autopyfactory.plugins.base import (
-    BackendError,
-    BatchStatusPlugin,
-    BatchSubmitPlugin,
-    FactoryContext,
-    SubmitOptions,
-)
+from autopyfactory.plugins.base import BackendError
 from autopyfactory.plugins.batch import script as pilot_script
-from autopyfactory.plugins.transport.base import POOL, RemoteOptions, Result, Transport, transport_for
+from autopyfactory.plugins.batch.command import (
+    CommandEndpoint,
+    CommandRules,
+    CommandStatus,
+    CommandSubmit,
+    CommandSubmitOptions,
+    CommandTarget,
+    StateTable,
+    chunks,
+)
+from autopyfactory.plugins.transport.base import RemoteOptions, Result
 
 if TYPE_CHECKING:
-    from autopyfactory.config.models import QueueConfig
+    from autopyfactory.plugins.base import FactoryContext
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +67,18 @@ class SlurmTargetOptions(RemoteOptions):
     cluster: str | None = Field(None, description="Slurm cluster name, passed as --clusters when set")
 
 
-class SlurmSubmitOptions(SlurmTargetOptions, SubmitOptions):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+class SlurmSubmitOptions(SlurmTargetOptions, CommandSubmitOptions):
+    partition: str | None = Field(None, description="Slurm partition (--partition)")
+    account: str | None = Field(None, description="account charged (--account)")
+    qos: str | None = Field(None, description="quality of service (--qos)")
     walltime: str | None = Field(None, description="minutes, or a Slurm time such as 1-12:00:00")
-    cores: int | None = Field(None, ge=1, description="CPUs per pilot (--cpus-per-task)")
+    cores: int | None = Field(None, ge=1, le=100_000, description="CPUs per pilot (--cpus-per-task)")
     memory: str | None = Field(None, description="memory per pilot: MB, or with a K/M/G/T suffix")
-    extra: str | None = Field(None, description="extra #SBATCH options, one per line or ';' separated")
-    environ: str | None = Field(None, description="NAME=value items added to the pilot environment")
     export: str = Field("NONE", description="sbatch --export: NONE keeps the factory's environment out")
     workdir: str | None = Field(None, description="pilot working directory on the cluster (--chdir)")
     logdir: str | None = Field(
         None,
         description="directory on the cluster for pilot output; default: APF's baseLogDir tree when local",
-    )
-    logurl: str | None = Field(
-        None, description="URL that serves logdir (GTAG points at <logurl>/<APFCID>.out)"
     )
     sacct: bool = Field(True, description="settle finished pilots from sacct (needs Slurm accounting)")
     array_throttle: int | None = Field(
@@ -103,49 +102,27 @@ class SlurmSubmitOptions(SlurmTargetOptions, SubmitOptions):
             return value.strip() if value else value
         raise ValueError("memory must be MB or a number with a K/M/G/T suffix, e.g. 4000 or 4G")
 
-    @field_validator("environ")
-    @classmethod
-    def _environ(cls, value: str | None) -> str | None:
-        pilot_script.parse_environ(value)
-        return value
-
 
 class SlurmStatusOptions(SlurmTargetOptions):
-    """Status keys; target keys left unset are taken from the queue's batchsubmit.slurm.* keys."""
+    """Status keys; keys the queue does not set come from its batchsubmit.slurm.* keys (StatusKeys)."""
 
-    port: int | None = Field(None, ge=1, le=65535)  # type: ignore[assignment]
-    timeout: float | None = Field(None, gt=0)  # type: ignore[assignment]
-    sacct: bool | None = None
+    sacct: bool | None = Field(None, description="default: batchsubmit.slurm.sacct")
     settle_polls: int = Field(3, ge=1, description="polls to wait for sacct to know a finished pilot")
     keep: float = Field(3600.0, ge=0, description="seconds a settled pilot stays in snapshots")
 
 
 @dataclass(frozen=True, slots=True)
-class SlurmTarget:
-    """The identity of one Slurm cluster as the factory reaches it (hashable: a poller key)."""
-
-    host: str | None = None
-    user: str | None = None
-    port: int = 22
-    authprofile: str | None = None
+class SlurmTarget(CommandTarget):
     cluster: str | None = None
 
     @property
     def label(self) -> str:
-        where = "local" if not self.host else f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-        return f"slurm:{where}" + (f"/{self.cluster}" if self.cluster else "")
-
-    def transport(self, factory: FactoryContext, where: str) -> Transport:
-        return transport_for(
-            factory, self.host, user=self.user, port=self.port, authprofile=self.authprofile, where=where
-        )
+        return f"{self.system}:{self.where}" + (f"/{self.cluster}" if self.cluster else "")
 
 
 @dataclass(frozen=True, slots=True)
-class SlurmEndpoint:
-    target: SlurmTarget
+class SlurmEndpoint(CommandEndpoint):
     sacct: bool = True
-    timeout: float = 60.0
     settle_polls: int = 3
     keep: float = 3600.0
 
@@ -169,13 +146,18 @@ class JobRow:
     name: str = ""
 
 
-_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "POWER_UP_NODE"}
-_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
-_HELD = {"SUSPENDED", "STOPPED", "REQUEUE_HOLD", "RESV_DEL_HOLD"}
-_FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
-_CANCELLED = {"CANCELLED", "REVOKED"}
+STATES = StateTable(
+    "Slurm",
+    {
+        PilotState.PENDING: "PENDING CONFIGURING REQUEUED REQUEUE_FED POWER_UP_NODE",
+        PilotState.RUNNING: "RUNNING COMPLETING SIGNALING STAGE_OUT RESIZING",
+        PilotState.HELD: "SUSPENDED STOPPED REQUEUE_HOLD RESV_DEL_HOLD",
+        PilotState.DONE: "COMPLETED",
+        PilotState.FAILED: "FAILED TIMEOUT NODE_FAIL OUT_OF_MEMORY BOOT_FAIL DEADLINE PREEMPTED",
+        PilotState.CANCELLED: "CANCELLED REVOKED",
+    },
+)
 _HELD_REASONS = {"JobHeldUser", "JobHeldAdmin"}
-_warned: set[str] = set()
 
 
 def map_state(state: str, reason: str = "") -> PilotState:
@@ -183,22 +165,7 @@ def map_state(state: str, reason: str = "") -> PilotState:
     word = state.split()[0].rstrip("+").upper() if state.strip() else ""
     if word == "PENDING" and reason in _HELD_REASONS:
         return PilotState.HELD
-    if word in _PENDING:
-        return PilotState.PENDING
-    if word in _RUNNING:
-        return PilotState.RUNNING
-    if word in _HELD:
-        return PilotState.HELD
-    if word == "COMPLETED":
-        return PilotState.DONE
-    if word in _FAILED:
-        return PilotState.FAILED
-    if word in _CANCELLED:
-        return PilotState.CANCELLED
-    if word not in _warned:
-        _warned.add(word)
-        log.warning("unknown Slurm job state %r: pilots in it are counted as unknown", state)
-    return PilotState.UNKNOWN
+    return STATES(word)
 
 
 def _epoch(text: str) -> float | None:
@@ -370,45 +337,49 @@ def array_parent(job_id: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # errors
 
-_CONTROLLER_DOWN = (
-    "Unable to contact slurm controller",
-    "Socket timed out on send/recv",
-    "Zero Bytes were transmitted or received",
-    "Connection refused",
-)
-_CAPACITY = (
-    "QOSMaxSubmitJob",
-    "AssocMaxSubmitJob",
-    "MaxSubmitJobs",
-    "Job violates accounting/QOS policy",
-    "temporarily unable to accept job",
-    "MaxJobCount",
-    "Resource temporarily unavailable",
+RULES = CommandRules(
+    system="Slurm",
+    controller="slurmctld",
+    unreachable=(
+        "Unable to contact slurm controller",
+        "Socket timed out on send/recv",
+        "Zero Bytes were transmitted or received",
+        "Connection refused",
+    ),
+    capacity=(
+        "QOSMaxSubmitJob",
+        "AssocMaxSubmitJob",
+        "MaxSubmitJobs",
+        "Job violates accounting/QOS policy",
+        "temporarily unable to accept job",
+        "MaxJobCount",
+        "Resource temporarily unavailable",
+    ),
+    # scancel of a job that is gone (printed by older Slurm, or by any with -v)
+    gone=re.compile(
+        r"^scancel: error: Kill job error on job id \S+: "
+        r"(Invalid job id specified|Job/step already completing or completed)$"
+    ),
 )
 
 
 def command_error(target: str, what: str, result: Result) -> BackendError:
     """A clear BackendError for a failed Slurm command."""
-    text = result.brief()
-    if any(marker in text for marker in _CONTROLLER_DOWN):
-        return BackendError(target, f"{what}: cannot contact slurmctld (is it running?): {text}")
-    if "command not found" in text or ("No such file or directory" in text and what.split()[0] in text):
-        return BackendError(target, f"{what}: Slurm client tools not found on the target: {text}")
-    capacity = any(marker in text for marker in _CAPACITY)
-    return BackendError(target, f"{what} failed (exit {result.rc}): {text}", capacity=capacity)
+    return RULES.error(target, what, result)
 
 
 # ---------------------------------------------------------------------------------------------
 # commands (data)
 
 
-class _SlurmCommands:
+class SlurmCommands:
     """The argv builders both plugins share."""
 
-    slurm_target: SlurmTarget
+    command_target: SlurmTarget
 
     def _clusters(self) -> list[str]:
-        return [f"--clusters={self.slurm_target.cluster}"] if self.slurm_target.cluster else []
+        cluster = self.command_target.cluster
+        return [f"--clusters={cluster}"] if cluster else []
 
     def status_argv(self, all_users: bool = False) -> list[str]:
         """One squeue for every pilot of the cluster: array tasks expanded, times as epochs."""
@@ -436,38 +407,39 @@ class _SlurmCommands:
 # submit
 
 
-class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
+class SlurmSubmit(SlurmCommands, CommandSubmit):
     name = "Slurm"
     Options = SlurmSubmitOptions
-
-    def __init__(self, queue: QueueConfig, options: SlurmSubmitOptions, factory: FactoryContext) -> None:
-        super().__init__(queue, options, factory)
-        self.options: SlurmSubmitOptions = options
-        self.slurm_target = SlurmTarget(
-            options.host or None, options.user, options.port, options.authprofile, options.cluster
-        )
-        self._pooled = self.slurm_target.transport(factory, "batchsubmit.slurm")
-        self.transport: Transport = self._pooled
-        self._made_dirs: set[str] = set()
-
-    def target(self) -> str:
-        return self.slurm_target.label
+    Target = SlurmTarget
+    rules = RULES
+    directive = "#SBATCH"
+    chunk_size = _CHUNK
+    options: SlurmSubmitOptions
 
     # -- data ----------------------------------------------------------------------------------
 
     def log_dir(self, now: float) -> str | None:
         if self.options.logdir:
             return self.options.logdir
-        if self.slurm_target.host:
+        if self.command_target.host:
             return None  # baseLogDir is a path on the factory's machine, not on the head node
         return pilot_script.log_dir(self.factory, self.queue.name, now, self.factory.settings.baseLogDir)
 
     def log_url(self, now: float) -> str | None:
         if self.options.logurl:
             return self.options.logurl
-        if self.options.logdir or self.slurm_target.host:
+        if self.options.logdir or self.command_target.host:
             return None
         return pilot_script.log_dir(self.factory, self.queue.name, now, self.factory.settings.baseLogDirUrl)
+
+    def gtag_prefix(self, now: float) -> str | None:
+        return self.log_url(now) or self.log_dir(now)
+
+    def output_dir(self, now: float) -> str | None:
+        return self.log_dir(now)  # sbatch --output needs it to exist
+
+    def script_output_dir(self) -> str | None:
+        return None  # sbatch --output names the file after the job id: no redirect needed
 
     def directives(self) -> list[str]:
         o = self.options
@@ -487,33 +459,14 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
         if o.workdir:
             out.append(f"--chdir={o.workdir}")
         for line in pilot_script.split_lines(o.extra):
-            line = line.removeprefix("#SBATCH").strip()
-            out.append(line)
+            out.append(line.removeprefix("#SBATCH").strip())
         return out
 
-    def script(self, tags: PilotTags, now: float) -> str:
-        if not self.queue.settings.executable:
-            raise BackendError(
-                self.target(), f"queue {self.queue.name!r} has no 'executable' to run as pilot"
-            )
-        logdir = self.log_dir(now)
-        env = pilot_script.pilot_environment(
-            self.queue, self.factory, tags, pilot_script.parse_environ(self.options.environ)
+    def cid_setup(self) -> str:
+        return (
+            'APFCID="${SLURM_JOB_ID}"\n'
+            'if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then APFCID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; fi'
         )
-        spec = pilot_script.ScriptSpec(
-            directive="#SBATCH",
-            directives=self.directives(),
-            cid_setup=(
-                'APFCID="${SLURM_JOB_ID}"\n'
-                'if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then APFCID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; fi'
-            ),
-            executable=self.queue.settings.executable,
-            arguments=self.queue.settings.executable_arguments,
-            environment=env,
-            gtag_prefix=self.log_url(now) or logdir,
-            comment=f"autopyfactory pilot: {tags.job_name()}",
-        )
-        return pilot_script.render(spec)
 
     def submit_argv(self, n: int, tags: PilotTags, now: float) -> list[str]:
         tag = tags.job_name()
@@ -530,41 +483,11 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
             argv.append(f"--output={logdir}/%j.out" if logdir else "--output=/dev/null")
         return argv
 
+    def submitted_ids(self, output: str, n: int) -> list[str]:
+        job_id = parse_sbatch(output)
+        return [job_id] if n == 1 else [f"{job_id}_{i}" for i in range(n)]
+
     # -- actions -------------------------------------------------------------------------------
-
-    def _run(self, argv: Sequence[str], input: bytes | None = None) -> Result:
-        return self.transport.run(argv, input=input, timeout=self.options.timeout)
-
-    def _ensure_dir(self, path: str | None) -> None:
-        if not path or path in self._made_dirs:
-            return
-        res = self.transport.makedirs(path, timeout=self.options.timeout)
-        if res.rc != 0:
-            raise BackendError(self.target(), f"cannot create log directory {path}: {res.brief()}")
-        self._made_dirs.add(path)
-
-    def submit(self, n: int, tags: PilotTags, now: float) -> list[Pilot]:
-        if n <= 0:
-            return []
-        text = self.script(tags, now)
-        argv = self.submit_argv(n, tags, now)
-        self._ensure_dir(self.log_dir(now))
-        res = self._run(argv, input=text.encode())
-        if res.rc != 0:
-            raise command_error(self.target(), "sbatch", res)
-        try:
-            job_id = parse_sbatch(res.stdout)
-        except ValueError as exc:
-            raise BackendError(self.target(), str(exc)) from None
-        ids = [job_id] if n == 1 else [f"{job_id}_{i}" for i in range(n)]
-        log.info("queue %s: submitted %d pilot(s) to %s as job %s", self.queue.name, n, self.target(), job_id)
-        return [Pilot(i, self.queue.name, PilotState.PENDING, tags.intent_id, submitted_at=now) for i in ids]
-
-    def cancel(self, backend_ids: Sequence[str]) -> None:
-        for chunk in pilot_script.chunks(list(backend_ids), _CHUNK):
-            res = self._run(self.cancel_argv(chunk))
-            if res.rc != 0 and not _only_gone(res):
-                raise command_error(self.target(), "scancel", res)
 
     def retire(self, backend_ids: Sequence[str], kill: bool = False) -> None:
         """Drain the nodes the pilots hold alone; cancel pilots that have not started; kill = scancel."""
@@ -573,10 +496,7 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
         if kill:
             self.cancel(backend_ids)
             return
-        res = self._run(self.status_argv(all_users=True))
-        if res.rc != 0:
-            raise command_error(self.target(), "squeue", res)
-        rows = parse_squeue(res.stdout)
+        rows = parse_squeue(self.check(self.status_argv(all_users=True)).stdout)
         plan = plan_retire(rows, set(backend_ids), f"apf:{self.factory.factory_id}:")
         if plan.cancel:
             self.cancel(plan.cancel)
@@ -588,22 +508,10 @@ class SlurmSubmit(_SlurmCommands, BatchSubmitPlugin):
                 ",".join(plan.kept),
             )
         if plan.drain:
-            res = self._run(self.drain_argv(plan.drain))
-            if res.rc != 0:
-                raise command_error(self.target(), f"scontrol update nodename={','.join(plan.drain)}", res)
+            self.check(self.drain_argv(plan.drain), what=f"scontrol update nodename={','.join(plan.drain)}")
             log.info(
                 "queue %s: draining %s for pilots %s", self.queue.name, ",".join(plan.drain), plan.drained
             )
-
-    def close(self) -> None:
-        POOL.release(self._pooled)
-
-
-def _only_gone(result: Result) -> bool:
-    """scancel complained only about jobs that already finished."""
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    gone = ("Invalid job id", "already completing or completed", "Job/step already completing")
-    return bool(lines) and all(any(g in ln for g in gone) for ln in lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -644,61 +552,28 @@ def plan_retire(rows: Iterable[JobRow], wanted: set[str], own_prefix: str) -> Re
 # status
 
 
-class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
+class SlurmStatus(SlurmCommands, CommandStatus):
     name = "Slurm"
     Options = SlurmStatusOptions
-
-    @classmethod
-    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
-        """The cluster identity: every queue on one cluster (as reached) shares one poller."""
-        sub = queue.plugin_options("batchsubmit")
-        base = sub if isinstance(sub, SlurmTargetOptions) else SlurmTargetOptions()
-        st = queue.plugin_options("batchstatus")
-        st = st if isinstance(st, SlurmStatusOptions) else SlurmStatusOptions()
-
-        def pick(name: str) -> object:
-            value = getattr(st, name)
-            return value if value is not None else getattr(base, name)
-
-        target = SlurmTarget(
-            pick("host") or None,
-            pick("user"),
-            pick("port"),
-            pick("authprofile"),
-            pick("cluster"),  # type: ignore[arg-type]
-        )
-        sacct = st.sacct if st.sacct is not None else getattr(sub, "sacct", True)
-        return SlurmEndpoint(target, bool(sacct), float(pick("timeout")), st.settle_polls, st.keep)  # type: ignore[arg-type]
+    Submit = SlurmSubmit
+    Target = SlurmTarget
+    Endpoint = SlurmEndpoint
+    rules = RULES
+    settles = True  # sacct knows what became of pilots that left squeue
+    ep: SlurmEndpoint
 
     def __init__(self, endpoint: Hashable, factory: FactoryContext) -> None:
         super().__init__(endpoint, factory)
-        if not isinstance(endpoint, SlurmEndpoint):
-            endpoint = SlurmEndpoint(SlurmTarget())
-        self.ep: SlurmEndpoint = endpoint
-        self.slurm_target = endpoint.target
-        self._pooled = self.slurm_target.transport(factory, "batchsubmit.slurm")
-        self.transport: Transport = self._pooled
-        self._prefix = f"apf:{factory.factory_id}:"
         self._live: dict[str, Pilot] = {}  # last poll's pilots
         self._settling: dict[str, tuple[Pilot, int]] = {}  # left squeue, not settled yet
         self._settled: dict[str, tuple[Pilot, float]] = {}  # final, reported until keep expires
         self._accounting_off = False
 
-    @property
-    def target_name(self) -> str:
-        return self.slurm_target.label
-
-    def _run(self, argv: Sequence[str]) -> Result:
-        return self.transport.run(argv, timeout=self.ep.timeout)
-
-    def poll(self, now: float) -> BatchSnapshot:
-        res = self._run(self.status_argv())
-        if res.rc != 0:
-            raise command_error(self.target_name, "squeue", res)
-        current: dict[str, Pilot] = {}
+    def pilots(self, output: str, now: float) -> list[Pilot]:
+        pilots = []
         tags_of: dict[str, PilotTags | None] = {}  # the pilots of one array share one name
-        prefix = self._prefix
-        for row in parse_squeue(res.stdout):
+        prefix = self._own_prefix
+        for row in parse_squeue(output):
             name = row.name
             if not name.startswith(prefix):
                 continue
@@ -706,7 +581,11 @@ class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
                 tags_of[name] = PilotTags.parse_job_name(name)
             tags = tags_of[name]
             if tags is not None:
-                current[row.job_id] = row_to_pilot(row, tags)
+                pilots.append(row_to_pilot(row, tags))
+        return pilots
+
+    def poll(self, now: float) -> BatchSnapshot:
+        current = {p.backend_id: p for p in super().poll(now).pilots}
         for job_id, pilot in self._live.items():
             if job_id not in current and job_id not in self._settled:
                 self._settling.setdefault(job_id, (pilot, 0))
@@ -739,8 +618,8 @@ class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
         ids = sorted(self._settling)
         found: dict[str, JobRow] = {}
         if self.ep.sacct and not self._accounting_off:
-            for chunk in pilot_script.chunks(ids, _CHUNK):
-                res = self._run(self.sacct_argv(chunk))
+            for chunk in chunks(ids, _CHUNK):
+                res = self.run(self.sacct_argv(chunk))
                 if res.rc != 0:
                     if "accounting storage is disabled" in res.brief().lower():
                         self._accounting_off = True
@@ -785,6 +664,3 @@ class SlurmStatus(_SlurmCommands, BatchStatusPlugin):
                 continue
             del self._settling[job_id]
             self._settled[job_id] = (settled, now)
-
-    def close(self) -> None:
-        POOL.release(self._pooled)

@@ -4,22 +4,22 @@ A backend builds argv lists ("commands as data") and hands them to ``Transport.r
 backend then works unchanged on the local machine and over SSH. Failures to reach a target raise
 ``BackendError(target, message)`` with text that names the target (and the auth profile) but
 never a key, passphrase or token.
+
+This module holds the contract only; ``pool.transport_for`` picks and shares the implementations
+(``local``, ``ssh``), so they import this module and never the other way round.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from autopyfactory.plugins.base import BackendError, PluginError, PluginOptions
-
-if TYPE_CHECKING:
-    from autopyfactory.plugins.base import FactoryContext
+from autopyfactory.plugins.base import PluginOptions
+from autopyfactory.plugins.keys import auth_field
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -138,85 +138,8 @@ class RemoteOptions(PluginOptions):
 
     host: str | None = Field(None, description="head node to reach over SSH; empty = run commands locally")
     user: str | None = Field(None, description="login user on the head node")
-    port: int = Field(22, ge=1, le=65535)
-    authprofile: str | None = Field(None, description="SSH profile in auth.conf (key and known_hosts)")
-    timeout: float = Field(60.0, gt=0, description="seconds one command may take")
-
-
-# ---------------------------------------------------------------------------------------------
-# One transport per target, shared by every plugin instance that uses it (one SSH connection for
-# all queues and the poller of one head node).
-
-
-class TransportPool:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[Hashable, tuple[Transport, int]] = {}
-
-    def acquire(self, key: Hashable, create: Callable[[], Transport]) -> Transport:
-        with self._lock:
-            if key in self._items:
-                transport, refs = self._items[key]
-                self._items[key] = (transport, refs + 1)
-                return transport
-            transport = create()
-            self._items[key] = (transport, 1)
-            return transport
-
-    def release(self, transport: Transport) -> None:
-        with self._lock:
-            for key, (item, refs) in list(self._items.items()):
-                if item is transport:
-                    if refs > 1:
-                        self._items[key] = (item, refs - 1)
-                        return
-                    del self._items[key]
-                    break
-            else:
-                return
-        transport.close()
-
-
-POOL = TransportPool()
-
-
-def transport_for(
-    factory: FactoryContext,
-    host: str | None,
-    *,
-    user: str | None = None,
-    port: int = 22,
-    authprofile: str | None = None,
-    where: str = "",
-) -> Transport:
-    """The shared transport for a target: local when ``host`` is empty, else SSH with a profile.
-
-    ``where`` names the config keys in errors (e.g. ``batchsubmit.slurm``). Release the result
-    with ``POOL.release`` when the plugin closes.
-    """
-    if not host:
-        from autopyfactory.plugins.transport.local import LocalTransport
-
-        return POOL.acquire(("local",), LocalTransport)
-    from autopyfactory.plugins.transport.ssh import SSHTransport
-
-    prefix = f"{where}." if where else ""
-    if not authprofile:
-        raise PluginError(f"{prefix}host is {host!r} but {prefix}authprofile (an SSH profile) is not set")
-    profile = factory.auth(authprofile)
-    if profile.plugin != "SSH":
-        raise PluginError(
-            f"{prefix}authprofile {authprofile!r} is a {profile.plugin} profile; an SSH profile is needed"
-        )
-    login = user or ""
-    key = ("ssh", login, host, port, authprofile, id(profile.options))
-    return POOL.acquire(
-        key, lambda: SSHTransport(host, port=port, user=user, profile=authprofile, options=profile.options)
+    port: int = Field(22, ge=1, le=65535, description="SSH port of the head node")
+    authprofile: str | None = auth_field(
+        None, "SSH", description="SSH profile in auth.conf (key and known_hosts); needed with host"
     )
-
-
-def check(result: Result, target: str, what: str) -> Result:
-    """Raise a ``BackendError`` naming the command when ``result`` failed."""
-    if result.rc != 0:
-        raise BackendError(target, f"{what} failed (exit {result.rc}): {result.brief()}")
-    return result
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds one command may take")

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from autopyfactory.model import Demand, SiteStatus, WmsSnapshot
 from autopyfactory.plugins.base import FactoryContext, WmsStatusPlugin
 from autopyfactory.plugins.batch.condor.schedd import ScheddApi, ScheddKeys, attr_value, connect
+from autopyfactory.plugins.keys import HTCONDOR, NeedsModules
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -78,7 +79,8 @@ def demands_from_ads(ads: Iterable[Mapping[str, Any]], queueskey: str, now: floa
     return out
 
 
-class CondorWms(WmsStatusPlugin):
+class CondorWms(NeedsModules, WmsStatusPlugin):
+    requires = (HTCONDOR,)
     name = "Condor"
     Options = CondorWmsOptions
 

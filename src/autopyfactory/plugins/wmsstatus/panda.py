@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from autopyfactory import __version__
+from autopyfactory.config.bounds import SECONDS_MAX
 from autopyfactory.model import Demand, WmsSnapshot
 from autopyfactory.plugins.base import (
     BackendError,
@@ -48,7 +49,9 @@ from autopyfactory.plugins.base import (
     PluginOptions,
     WmsStatusPlugin,
 )
+from autopyfactory.plugins.keys import auth_field
 from autopyfactory.plugins.wmsstatus.panda_legacy import UnsafePickle, safe_loads
+from autopyfactory.redact import redact
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -103,16 +106,32 @@ class PandaOptions(PluginOptions):
         description="API base (default http://pandaserver.cern.ch:25080/api/v1; legacy mode: "
         "http://pandaserver.cern.ch:25085/server/panda)",
     )
-    mode: Literal["api", "legacy"] = "api"
-    auth: str | None = Field(None, description="auth.conf profile: X509 (client proxy) or Token (bearer)")
-    timeout: float = Field(60.0, gt=0, description="seconds for one whole request, body included")
-    cafile: str | None = None
+    mode: Literal["api", "legacy"] = Field(
+        "api", description="api (panda-server >= 0.5.2, JSON) or legacy (getJobStatisticsPerSite pickle)"
+    )
+    auth: str | None = auth_field(
+        None, "X509", "Token", description="auth.conf profile: X509 (client proxy) or Token (bearer)"
+    )
+    timeout: float = Field(60.0, gt=0, le=3600, description="seconds for one whole request, body included")
+    cafile: str | None = Field(None, description="CA bundle to verify the server (https)")
     capath: str | None = Field(None, description="CA directory, e.g. /etc/grid-security/certificates")
     sitestatus: str | None = Field(
         None, description="panda (api mode default), none (legacy default), or a JSON URL/path"
     )
-    sitestatus_interval: float = Field(600.0, alias="sitestatus.interval", gt=0)
-    sitestatus_maxage: float = Field(3600.0, alias="sitestatus.maxage", gt=0)
+    sitestatus_interval: float = Field(
+        600.0,
+        alias="sitestatus.interval",
+        gt=0,
+        le=SECONDS_MAX,
+        description="seconds between site-status refreshes",
+    )
+    sitestatus_maxage: float = Field(
+        3600.0,
+        alias="sitestatus.maxage",
+        gt=0,
+        le=SECONDS_MAX,
+        description="seconds a site status stays valid when refreshes fail",
+    )
     prodsourcelabels: str | None = Field(None, description="count only these labels (comma list)")
     resourcetypes: str | None = Field(None, description="count only these resource types (comma list)")
 
@@ -389,6 +408,9 @@ class Panda(WmsStatusPlugin):
         self._sites: dict[str, str] = {}
         self._sites_at: float | None = None  # time of the last successful site-status read
         self._sites_tried: float | None = None
+        # queue -> (its demand key, its share weight): queues that filter labels of a PanDA queue
+        # another queue also serves share those labels' jobs instead of counting them twice
+        self._members: dict[str, tuple[str, float]] = {}
         scheme = urllib.parse.urlsplit(endpoint.url).scheme
         host = urllib.parse.urlsplit(endpoint.url).hostname or ""
         if endpoint.auth:
@@ -410,6 +432,14 @@ class Panda(WmsStatusPlugin):
                 raise PluginError(
                     f"{self.where}: auth profile {endpoint.auth!r} is {profile.plugin}; Panda takes X509 or Token"
                 )
+
+    def register(self, queue: QueueConfig) -> None:
+        from autopyfactory.decide.share import queue_weight
+
+        key = type(self).demand_key(queue, self.factory)
+        if key is not None:
+            with self._lock:
+                self._members[queue.name] = (key, queue_weight(queue))
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -496,10 +526,9 @@ class Panda(WmsStatusPlugin):
         except BackendError:
             raise
         except urllib.error.HTTPError as exc:
-            snippet = _snippet(exc)
+            # a server that echoes the request (or part of it) must not leak the token
             token = headers.get("Authorization", "").removeprefix("Bearer ")
-            if token and token in snippet:  # a server that echoes the request must not leak it
-                snippet = snippet.replace(token, "**********")
+            snippet = _snippet(exc, [token] if token else [])
             raise BackendError(where, f"HTTP {exc.code}: {snippet}") from None
         except http.client.IncompleteRead as exc:
             raise BackendError(where, f"answer truncated ({len(exc.partial)} bytes read)") from None
@@ -543,11 +572,52 @@ class Panda(WmsStatusPlugin):
                 elif key not in demands:
                     # absent from a clean answer: no jobs there
                     demands[key] = Demand(key, site_status=sites.get(site), time=now)
+            if detailed is not None:
+                self._share_overlaps(keys, detailed, sites, now, demands, unknown)
             new = unknown - self._warned_states
             if new:
                 self._warned_states |= new
                 log.warning("%s: ignoring unknown PanDA job states %s", self.where, ", ".join(sorted(new)))
             return WmsSnapshot(time=now, demands=demands)
+
+    def _share_overlaps(
+        self,
+        keys: Mapping[str, tuple[str, frozenset[str] | None, frozenset[str] | None]],
+        detailed: Mapping[str, Mapping[str, Mapping[str, Mapping[str, int]]]],
+        sites: Mapping[str, str],
+        now: float,
+        demands: dict[str, Demand],
+        unknown: set[str],
+    ) -> None:
+        """Keys of one PanDA queue whose filters overlap (an unfiltered group and a label-filtered
+        queue) share each (resource type, label) cell's jobs by weight instead of each counting them."""
+        from autopyfactory.decide.share import split_overlapping
+
+        by_site: dict[str, list[str]] = {}
+        for key, (site, _labels, _rtypes) in keys.items():
+            by_site.setdefault(site, []).append(key)
+        weights: dict[str, float] = {}
+        for key, weight in self._members.values():
+            weights[key] = weights.get(key, 0.0) + weight
+        for site, site_keys in by_site.items():
+            if len(site_keys) < 2 or site not in detailed:
+                continue
+            cells = {
+                (rtype, label): map_states(states, unknown)
+                for rtype, by_label in detailed[site].items()
+                for label, states in by_label.items()
+            }
+
+            def covers(cell: Hashable, key: str) -> bool:
+                _site, labels, rtypes = keys[key]
+                rtype, label = cell  # type: ignore[misc]
+                return (labels is None or label in labels) and (rtypes is None or rtype in rtypes)
+
+            members = {k: (lambda cell, k=k: covers(cell, k), weights.get(k, 1.0)) for k in site_keys}
+            for key, counts in split_overlapping(cells, members).items():
+                demands[key] = Demand(
+                    key, **{f: counts.get(f, 0) for f in INFO_FIELDS}, site_status=sites.get(site), time=now
+                )
 
     def _poll_legacy(self) -> dict[str, dict[str, int]]:
         where = f"{self.where}/{LEGACY}"
@@ -613,13 +683,15 @@ class Panda(WmsStatusPlugin):
         self._opener = None
 
 
-def _snippet(exc: urllib.error.HTTPError) -> str:
+def _snippet(exc: urllib.error.HTTPError, secrets: list[str]) -> str:
+    """The start of an error body, secrets masked (also when only part of one is echoed)."""
     try:
         text = exc.read(300).decode("utf-8", "replace")
     except Exception:
         text = ""
-    text = " ".join(text.split())
-    return repr(text) if text else (exc.reason or "error")
+    text = redact(" ".join(text.split()), secrets)
+    reason = redact(str(exc.reason or "error"), secrets)
+    return repr(text) if text else reason
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

@@ -38,6 +38,7 @@ from autopyfactory.plugins.batch.condor.schedd import (
     parse_queryargs,
     quote,
 )
+from autopyfactory.plugins.keys import HTCONDOR, NeedsModules, auth_field
 
 if TYPE_CHECKING:
     import htcondor2
@@ -59,15 +60,17 @@ class CondorBaseOptions(SubmitOptions):
     )
     condor_attributes_keys: dict[str, str] = Field(default_factory=dict)
     environ: str | None = Field(None, description="extra pilot environment, 'A=1 B=2' (HTCondor syntax)")
-    proxy: str | None = Field(
-        None, description="comma list of auth profiles; the first defined X509 one wins"
+    proxy: str | None = auth_field(
+        None, "X509", many=True, description="comma list of X509 auth profiles; the first one wins"
     )
     proxyfile: str | None = Field(None, description="explicit x509userproxy path (when no proxy profile)")
     # remote submission (APF lost it at HEAD): the same keys as batchstatus.condor.*
-    scheddhost: str | None = None
-    scheddport: int | None = None
-    collectorhost: str | None = None
-    collectorport: int | None = None
+    scheddhost: str | None = Field(None, description="submit to this remote schedd (default: the local one)")
+    scheddport: int | None = Field(
+        None, description="accepted for AutoPyFactory compatibility; the schedd is found by name"
+    )
+    collectorhost: str | None = Field(None, description="collector (pool) that locates the remote schedd")
+    collectorport: int | None = Field(None, description="the collector's port when not in collectorhost")
     submitargs: str | None = Field(None, description="APF 2.4: '-remote <schedd>' / '-name' / '-pool'")
 
 
@@ -187,12 +190,14 @@ def submit_address(options: CondorBaseOptions) -> Address:
 # --------------------------------------------------------------------------------------------
 
 
-class CondorBase(BatchSubmitPlugin):
+class CondorBase(NeedsModules, BatchSubmitPlugin):
+    requires = (HTCONDOR,)
     """Common lines of every HTCondor pilot; flavours add theirs in ``flavour_lines``."""
 
     name = "CondorBase"
     Options: ClassVar[type[PluginOptions]] = CondorBaseOptions
     key_prefixes: ClassVar[tuple[str, ...]] = ("batchsubmit.condorbase.",)
+    has_cleanup = True  # the pilot log tree is pruned once a day (EC2 also removes retired VMs)
     # whether this flavour runs the queue's executable (CondorEC2 runs an image instead)
     needs_executable: ClassVar[bool] = True
 

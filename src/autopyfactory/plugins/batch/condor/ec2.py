@@ -39,6 +39,7 @@ from autopyfactory.plugins.batch.condor.base import (
     profile_options,
 )
 from autopyfactory.plugins.batch.condor.schedd import attr_value, ids_constraint, quote
+from autopyfactory.plugins.keys import auth_field
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,17 @@ class CondorEC2Options(CondorBaseOptions):
     gridresource: str = Field(
         ..., description="the EC2 endpoint URL, e.g. https://ec2.us-east-1.amazonaws.com"
     )
-    ami_id: str
-    instance_type: str
-    security_groups: str | None = None
-    spot_price: float | None = None
-    user_data: str | None = None
-    user_data_file: str | None = None
+    ami_id: str = Field(description="the machine image (AMI) to boot")
+    instance_type: str = Field(description="the instance type, e.g. m5.large")
+    security_groups: str | None = Field(None, description="comma list of security groups")
+    spot_price: float | None = Field(None, description="bid for spot instances (unset: on-demand)")
+    user_data: str | None = Field(None, description="user data passed to the instance (inline)")
+    user_data_file: str | None = Field(None, description="file whose content is the user data")
     access_key_id: str | None = Field(None, description="path of the access key id file")
     secret_access_key: str | None = Field(None, description="path of the secret key file")
-    authprofile: str | None = Field(None, description="CloudKey auth profile (instead of the two paths)")
+    authprofile: str | None = auth_field(
+        None, "CloudKey", description="CloudKey auth profile (instead of the two paths)"
+    )
     usessh: bool = Field(False, description="APF: condor_off over ssh; not supported")
     peaceful: bool = Field(True, description="APF 2.4: False removes VM jobs instead of retiring nodes")
     bootgrace: float = Field(900.0, ge=0, description="s before a node retired on its own is removed")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from autopyfactory.plugins.base import BackendError, PluginOptions
 
@@ -101,12 +101,16 @@ def make_address(
 class ScheddKeys(PluginOptions):
     """The schedd/collector keys shared by the Condor batch status, WMS status and submit plugins."""
 
-    scheddhost: str | None = None
-    scheddport: int | None = None
-    collectorhost: str | None = None
-    collectorport: int | None = None
+    scheddhost: str | None = Field(None, description="remote schedd name (default: the local schedd)")
+    scheddport: int | None = Field(
+        None, description="accepted for AutoPyFactory compatibility; the schedd is found by name"
+    )
+    collectorhost: str | None = Field(
+        None, description="collector (pool) that locates the remote schedd, host[:port]"
+    )
+    collectorport: int | None = Field(None, description="the collector's port when not in collectorhost")
     # APF 2.4: "-name <schedd> -pool <collector>"
-    queryargs: str | None = None
+    queryargs: str | None = Field(None, description="AutoPyFactory 2.4: '-name <schedd> -pool <collector>'")
 
     @field_validator("queryargs")
     @classmethod

@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr
 
 from autopyfactory.plugins.base import PluginError, PluginOptions
 from autopyfactory.plugins.batch.condor.base import CondorBase, CondorBaseOptions, profile_options
+from autopyfactory.plugins.keys import auth_field
 
 BatchType = Literal["slurm", "pbs", "lsf", "sge", "condor"]
 
@@ -28,7 +29,7 @@ class CondorSSHOptions(CondorBaseOptions):
     host: str = Field(..., description="the remote login host")
     user: str = Field(..., description="the remote account")
     port: int | None = Field(None, description="accepted for APF compatibility; unused (as in APF)")
-    authprofile: str = Field(..., description="SSH auth profile holding the private key")
+    authprofile: str = auth_field(..., "SSH", description="SSH auth profile holding the private key")
 
 
 def write_secret_file(path: Path, secret: SecretStr) -> Path:

@@ -39,6 +39,7 @@ from pydantic import Field
 from autopyfactory.model import BatchSnapshot, Pilot, PilotState, ThrottleHistory
 from autopyfactory.plugins.base import BatchStatusPlugin, FactoryContext
 from autopyfactory.plugins.batch.condor.schedd import ScheddApi, ScheddKeys, attr_value, connect, quote
+from autopyfactory.plugins.keys import HTCONDOR, NeedsModules
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import QueueConfig
@@ -159,7 +160,8 @@ def throttle_counts(ads: Iterable[Mapping[str, Any]], maxtime: float) -> dict[st
     return {q: ThrottleHistory(total=t, short=short.get(q, 0)) for q, t in total.items()}
 
 
-class CondorStatus(BatchStatusPlugin):
+class CondorStatus(NeedsModules, BatchStatusPlugin):
+    requires = (HTCONDOR,)
     name = "Condor"
     Options = CondorStatusOptions
 

@@ -1,0 +1,303 @@
+"""The JSON API, pages and pilot log server of a running ``apf run`` daemon (Local pilots as real
+processes, Sim demand, a Sim-backed cascade with a monthly quota), over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.helpers import wait_for
+from tests.webhelpers import (
+    APF,
+    EVIL,
+    Daemon,
+    get,
+    get_json,
+    kill_local_pilots,
+    raw_get,
+    start_daemon,
+    web_queues,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(180)
+SECRET = b"SuperSecretValue-do-not-show-42"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    base = tmp_path_factory.mktemp("webapi")
+    conf = write_config(base, web_queues(base))
+    d = start_daemon(conf)
+    try:
+        # two Local pilots running, the cascade allocated, the escaping queue decided
+        wait_for(
+            lambda: (
+                (s := get_json(f"{d.url}/api/v1/status"))["queues"]["LOCALQ"]["running"] == 2
+                and s["queues"]["LOCALQ"]["pilots_by_state"] == {"running": 2}
+                and s["queues"]["TB"]["last_n"] is not None
+                and s["queues"][EVIL]["decided_at"] is not None
+            ),
+            60,
+            "LOCALQ running 2 and the cascade decided",
+        )
+        yield d
+    finally:
+        rc = d.stop()
+        kill_local_pilots(base)
+        assert rc == 0, d.log.read_text()[-3000:]
+
+
+def test_status_is_what_apf_status_prints_locally_and_remotely(daemon: Daemon) -> None:
+    api = get_json(f"{daemon.url}/api/v1/status")
+    assert api["factory"] == "web-test"
+    assert set(api["queues"]) == {"LOCALQ", EVIL, "BROKEN", "TA", "TB", "TC"}
+    local = api["queues"]["LOCALQ"]
+    assert local["state"] == "ok" and local["demand"] == 0 and local["running"] == 2
+    assert local["pilots_by_state"] == {"running": 2}
+    assert api["queues"]["BROKEN"]["state"] == "failed to set up"
+    assert "executable" in api["queues"]["BROKEN"]["state_detail"]
+    assert api["queues"]["TA"]["cascade"] == "burst"
+    assert api["metrics"] == f"{daemon.url}/metrics" and api["web"] == daemon.url
+    remote = subprocess.run(
+        [APF, "status", "--url", daemon.url, "--json"], capture_output=True, text=True, timeout=60, check=True
+    )
+    doc = json.loads(remote.stdout)
+    assert set(doc) == set(api) and doc["queues"]["LOCALQ"]["running"] == 2
+    table = subprocess.run(
+        [APF, "status", "--url", daemon.url], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "LOCALQ" in table and "failed to set up" in table and f"dashboard: {daemon.url}" in table
+    # the same model from the store and the daemon's status file (no web involved)
+    offline = json.loads(
+        subprocess.run(
+            [APF, "status", "--conf", str(daemon.conf), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert set(offline) == set(api)
+    assert set(offline["queues"]["LOCALQ"]) == set(api["queues"]["LOCALQ"])
+    assert offline["queues"]["LOCALQ"]["running"] == 2
+
+
+def test_apf_status_url_errors_are_one_clear_line(daemon: Daemon) -> None:
+    port = daemon.url.rsplit(":", 1)[1]
+    dead = subprocess.run(
+        [APF, "status", "--url", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60
+    )
+    assert dead.returncode == 1 and "cannot reach http://127.0.0.1:1/api/v1/status" in dead.stderr
+    assert "Traceback" not in dead.stderr
+    wrong = subprocess.run(
+        [APF, "status", "--url", f"http://127.0.0.1:{port}/nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 1 and "HTTP 404" in wrong.stderr
+
+
+def test_overview_pages_filters_and_sorts(daemon: Daemon) -> None:
+    page = get_json(f"{daemon.url}/api/v1/queues?per_page=2&sort=name")
+    assert page["total"] == 6 and page["matched"] == 6 and page["pages"] == 3
+    assert [q["name"] for q in page["items"]] == sorted(["LOCALQ", EVIL, "BROKEN", "TA", "TB", "TC"])[:2]
+    page3 = get_json(f"{daemon.url}/api/v1/queues?per_page=2&page=3")
+    assert len(page3["items"]) == 2 and page3["page"] == 3
+    only_t = get_json(f"{daemon.url}/api/v1/queues?q=t&sort=name&order=desc")
+    assert [q["name"] for q in only_t["items"]] == ["TC", "TB", "TA", EVIL]  # "t" in "<script>" too
+    failed = get_json(f"{daemon.url}/api/v1/queues?state={quote('failed to set up')}")
+    assert [q["name"] for q in failed["items"]] == ["BROKEN"]
+    assert failed["counts_by_state"]["failed to set up"] == 1
+    by_demand = get_json(f"{daemon.url}/api/v1/queues?sort=demand&order=desc&sparklines=true")
+    demands = [q["demand"] for q in by_demand["items"] if q["demand"] is not None]
+    assert demands == sorted(demands, reverse=True)
+    assert max(by_demand["sparklines"]["LOCALQ"]["demand"]) == 2
+    assert get(f"{daemon.url}/api/v1/queues?sort=nonsense")[0] == 422
+    assert get(f"{daemon.url}/api/v1/queues?per_page=100000")[0] == 422
+
+
+def test_queue_detail_decisions_are_apf_explain(daemon: Daemon) -> None:
+    detail = get_json(f"{daemon.url}/api/v1/queues/LOCALQ")
+    assert detail["info"]["batchsubmit"] == "Local" and detail["info"]["sched"] == ["Ready", "MaxPerCycle"]
+    assert detail["info"]["wmsstatus"] == "Sim"
+    first = detail["decisions"][-1]
+    assert {s["plugin"] for s in first["steps"]} == {"Ready", "MaxPerCycle"}
+    assert set(first["steps"][0]) == {"plugin", "in", "out", "reason"}
+    assert detail["pilots_total"] == 2 and {p["state"] for p in detail["pilots"]} == {"running"}
+    api = get_json(f"{daemon.url}/api/v1/decisions/LOCALQ?last=3")
+    cli = json.loads(
+        subprocess.run(
+            [APF, "explain", "LOCALQ", "--conf", str(daemon.conf), "--json", "-n", "3"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert set(api) == set(cli) == {"queue", "decisions", "events", "setup_error"}
+    assert set(api["decisions"][0]) == set(cli["decisions"][0])
+    assert cli["decisions"][0]["id"] >= api["decisions"][0]["id"]  # newest first in both
+    cascade = get_json(f"{daemon.url}/api/v1/decisions/cascade:burst")
+    assert [s["plugin"] for s in cascade["decisions"][0]["steps"]] == ["TA", "TB", "TC"]
+    assert get(f"{daemon.url}/api/v1/queues/NOPE")[0] == 404
+    assert json.loads(get(f"{daemon.url}/api/v1/decisions/NOPE")[2])["detail"] == "no queue or cascade 'NOPE'"
+
+
+def test_series_is_bucketed_history(daemon: Daemon) -> None:
+    series = get_json(f"{daemon.url}/api/v1/series/LOCALQ?hours=1&points=10")
+    assert 1 <= len(series["t"]) <= 11
+    assert len(series["t"]) == len(series["demand"]) == len(series["running"]) == len(series["n"])
+    assert max(series["demand"]) == 2 and sum(n for n in series["n"] if n) == 2
+    assert series["end"] - series["start"] == pytest.approx(3600, abs=1)
+
+
+def test_cascade_tiers_quota_burn_down_and_costs(daemon: Daemon) -> None:
+    def allocated() -> dict | None:
+        c = get_json(f"{daemon.url}/api/v1/cascades/burst")
+        return c if c["demand"] == 10 and c["quotas"][0]["used_pilots"] >= 5 else None
+
+    c = wait_for(allocated, 60, "the cascade to allocate its demand of 10")
+    assert [t["queue"] for t in c["tiers"]] == ["TA", "TB", "TC"]
+    ta, tb, tc = c["tiers"]
+    assert ta["cap"] == 3 and tb["quotas"] == ["40 pilots per month"]
+    assert tb["cost_per_hour"] == 0.1 and tc["cost_per_hour"] == 0.5
+    quota = c["quotas"][0]
+    assert quota["tier"] == "TB" and quota["limit_pilots"] == 40 and quota["unit"] == "pilots"
+    assert quota["remaining"][0] == 40 and quota["remaining"][-1] == 40 - quota["used_pilots"]
+    assert quota["rate_per_hour"] > 0
+    assert {t["tier"] for t in c["costs"]} == {"TA", "TB", "TC"}
+    assert all(len(t["months"]) == 2 for t in c["costs"])
+    assert get_json(f"{daemon.url}/api/v1/cascades")[0]["name"] == "burst"
+    assert get(f"{daemon.url}/api/v1/cascades/none")[0] == 404
+
+
+def test_health_and_no_secret_anywhere(daemon: Daemon) -> None:
+    health = get_json(f"{daemon.url}/api/v1/health")
+    assert {p["kind"] for p in health["pollers"]} == {"wmsstatus", "batchstatus"}
+    assert all(p["state"] == "ok" for p in health["pollers"])
+    assert health["store"]["ok"] and health["store"]["dialect"] == "sqlite"
+    assert [(c["name"], c["plugin"], c["status"]) for c in health["credentials"]] == [
+        ("mytoken", "Token", "no expiry known")
+    ]
+    # BROKEN failed its start-up checks: it is listed as such, not run by the loop
+    assert health["loop"]["queues"] == 5 and health["loop"]["cascades"] == 1
+    for path in (
+        "/",
+        "/health",
+        "/cascades",
+        "/api/v1/health",
+        "/api/v1/status",
+        "/openapi.json",
+        "/metrics",
+    ):
+        status, _, body = get(daemon.url + path)
+        assert status == 200 and SECRET not in body, path
+
+
+def test_openapi_documents_the_api_and_swagger_ui_is_off(daemon: Daemon) -> None:
+    doc = get_json(f"{daemon.url}/openapi.json")
+    for path in (
+        "/api/v1/status",
+        "/api/v1/queues",
+        "/api/v1/queues/{name}",
+        "/api/v1/decisions/{name}",
+        "/api/v1/series/{name}",
+        "/api/v1/cascades",
+        "/api/v1/health",
+    ):
+        assert path in doc["paths"], path
+    assert "StatusReport" in doc["components"]["schemas"]
+    assert get(f"{daemon.url}/docs")[0] == 404 and get(f"{daemon.url}/redoc")[0] == 404
+
+
+def test_read_only_and_metrics_moved_here(daemon: Daemon) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"{daemon.url}/api/v1/status", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 405
+    status, headers, body = get(f"{daemon.url}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert b'apf_queue_decisions_total{queue="LOCALQ"}' in body
+
+
+def test_pages_escape_names_from_configs(daemon: Daemon) -> None:
+    status, headers, body = get(daemon.url + "/")
+    assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in body and EVIL.encode() not in body
+    status, _, body = get(daemon.url + "/queues/" + quote(EVIL, safe=""))
+    assert status == 200 and EVIL.encode() not in body and b"&lt;script&gt;" in body
+    status, _, body = get(daemon.url + "/queues/" + quote("<b>nope</b>", safe=""))
+    assert status == 404 and b"&lt;b&gt;nope&lt;/b&gt;" in body and b"<b>nope</b>" not in body
+    for path in ("/cascades", "/health", "/reports", "/partials/queues", "/partials/health"):
+        assert get(daemon.url + path)[0] == 200, path
+
+
+def test_log_server_serves_pilot_logs_and_refuses_traversal(daemon: Daemon) -> None:
+    assert daemon.logserver is not None
+    detail = get_json(f"{daemon.url}/api/v1/queues/LOCALQ")
+    logs = [p["log"] for p in detail["pilots"] if p["log"]]
+    assert len(logs) == 2, detail["pilots"]
+
+    def written() -> bytes | None:
+        status, _, body = get(f"{daemon.logserver}/{logs[0]}")
+        return body if status == 200 and b"hello from pilot" in body else None
+
+    body = wait_for(written, 30, "the pilot's output in the log server")
+    assert b"of LOCALQ" in body
+    status, headers, _ = get(f"{daemon.logserver}/{logs[0]}")
+    assert headers["content-type"].startswith("text/plain") and headers["x-content-type-options"] == "nosniff"
+    # the same file through the dashboard (the queue page links there)
+    assert get(f"{daemon.url}/logs/{logs[0]}")[2] == body
+    host, port = daemon.logserver.removeprefix("http://").split(":")
+    for target in (
+        "/../../../../etc/passwd",
+        "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2f..%2f..%2fetc%2fpasswd",
+        "/" + logs[0].split("/")[0] + "/../../../etc/passwd",
+        "/..\\..\\etc\\passwd",
+    ):
+        status, body = raw_get(host, int(port), target)
+        assert status in (403, 404) and b"root:" not in body, (target, status, body[:200])
+    # a symlink inside baseLogDir that points outside is refused too
+    root = daemon.conf.parent / "logs"
+    (root / "escape").symlink_to("/etc")
+    status, body = raw_get(host, int(port), "/escape/passwd")
+    assert status == 403 and b"root:" not in body
+    # no listings (logserver.index is off), and robots are told to stay away
+    assert get(f"{daemon.logserver}/")[0] == 403
+    assert get(f"{daemon.logserver}/robots.txt")[2] == b"User-agent: *\nDisallow: /\n"
+    assert get(f"{daemon.logserver}/no/such.out")[0] == 404
+
+
+def test_stored_reports_are_listed_and_served(daemon: Daemon) -> None:
+    reports = daemon.conf.parent / "state" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "jan.html").write_text("<!doctype html><title>jan</title><p>report</p>")
+    listed = get_json(f"{daemon.url}/api/v1/reports")
+    assert [r["name"] for r in listed] == ["jan.html"]
+    status, headers, body = get(f"{daemon.url}/reports/jan.html")
+    assert status == 200 and body.endswith(b"<p>report</p>")
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert get(f"{daemon.url}/reports/..%2f..%2fautopyfactory.conf")[0] == 404
+    assert b"jan.html" in get(f"{daemon.url}/reports")[2]
+
+
+def test_sigterm_stops_the_daemon_and_its_web_server(tmp_path: Path) -> None:
+    conf = write_config(tmp_path, web_queues(tmp_path, local_demand=0))
+    d = start_daemon(conf)
+    try:
+        assert get(d.url + "/api/v1/health")[0] == 200
+    finally:
+        assert d.stop(timeout=15) == 0
+        kill_local_pilots(tmp_path)
+    with pytest.raises(OSError):
+        get(d.url + "/api/v1/health", timeout=5)

@@ -1,0 +1,215 @@
+"""The web side's parts at their boundaries: store reads beside the factory's writes (real SQLite
+in WAL, real PostgreSQL), history bucketing, path resolution of the log server, credential
+expiry, the report page's escaping."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from autopyfactory.model import Decision, Step
+from autopyfactory.store.api import Store
+from autopyfactory.web import queries
+from autopyfactory.web.app import sparkline_svg
+from autopyfactory.web.credentials import check_profile, jwt_expiry
+from autopyfactory.web.logserver import Forbidden, media_type, safe_path
+from autopyfactory.web.models import Series
+from autopyfactory.web.report import render_report
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def decisions(store: Store, queue: str, start: float, count: int, step: float) -> None:
+    items = [
+        Decision(
+            queue, i % 3, (Step("Ready", 0, i % 3, "r"),), start + i * step, ready=i, pending=1, running=2
+        )
+        for i in range(count)
+    ]
+    store.record_decisions("f", items)
+
+
+def test_web_reads_never_wait_for_the_factory_write_lock(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'apf.db'}")
+    decisions(store, "Q", 1000.0, 10, 1.0)
+    read = queries.read_engine(store.url)
+    assert read is not None
+    with store.engine.connect() as writer:
+        writer.begin()  # BEGIN IMMEDIATE: the factory holds SQLite's write lock
+        writer.execute(text("INSERT INTO events (factory_id, time, kind, message) VALUES ('f', 1, 'k', 'm')"))
+        began = time.monotonic()
+        with read.connect() as conn:
+            rows = queries.recent_decisions(conn, "f", "Q", 5)
+        assert len(rows) == 5 and time.monotonic() - began < 2.0
+        writer.commit()
+    # and a web read in progress does not stop the factory from writing
+    with read.connect() as conn:
+        cursor = conn.execute(text("SELECT id FROM decisions"))
+        cursor.fetchone()  # a read transaction is open mid-result
+        done = threading.Event()
+
+        def write() -> None:
+            decisions(store, "Q", 2000.0, 5, 1.0)
+            done.set()
+
+        worker = threading.Thread(target=write)
+        worker.start()
+        assert done.wait(10), "the factory's write waited for a web read"
+        worker.join()
+        cursor.close()
+    with read.connect() as conn, pytest.raises(OperationalError, match=r"readonly|query_only|read-only"):
+        conn.execute(text("DELETE FROM decisions"))
+    read.dispose()
+    store.close()
+
+
+def _history_checks(url: str) -> None:
+    store = Store(url)
+    decisions(store, "A", 10_000.0, 600, 6.0)  # one hour, a decision every 6 s
+    decisions(store, "B", 10_000.0, 60, 60.0)
+    read = queries.read_engine(url) or store.engine
+    with read.connect() as conn:
+        out = queries.decision_history(conn, "f", ["A", "B", "C"], 10_000.0, 13_600.0, 10)
+    assert set(out) == {"A", "B"}
+    a = out["A"]
+    assert 9 <= len(a["t"]) <= 11
+    assert sum(a["n"]) == sum(i % 3 for i in range(600))
+    assert max(a["demand"]) == 599 and a["t"] == sorted(a["t"])
+    assert len(out["B"]["t"]) <= 11
+    read.dispose()
+    store.close()
+
+
+def test_history_is_bucketed_in_sql_sqlite(tmp_path: Path) -> None:
+    _history_checks(f"sqlite:///{tmp_path / 'apf.db'}")
+
+
+def test_history_is_bucketed_in_sql_postgres(postgres_url: str) -> None:
+    store = Store(postgres_url)
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM decisions WHERE factory_id = 'f'"))
+    store.close()
+    _history_checks(postgres_url)
+
+
+def test_store_urls_are_shown_without_password() -> None:
+    shown = queries.safe_url("postgresql+psycopg://apf:s3cret-pw@db.example:5432/apf")
+    assert "s3cret-pw" not in shown and "db.example" in shown
+
+
+def test_log_paths_cannot_leave_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "logs"
+    (root / "2027-01-05" / "Q").mkdir(parents=True)
+    (root / "2027-01-05" / "Q" / "1.0.out").write_text("pilot output")
+    (root / "out").symlink_to(tmp_path)
+    assert safe_path(root, "2027-01-05/Q/1.0.out") == (root / "2027-01-05/Q/1.0.out").resolve()
+    assert safe_path(root, "") == root.resolve()
+    assert safe_path(root, "./2027-01-05//Q/") == (root / "2027-01-05/Q").resolve()
+    for bad in ("../x", "2027-01-05/../../x", "a\\..\\b", "x\x00y", "out/secret", "out"):
+        with pytest.raises(Forbidden):
+            safe_path(root, bad)
+    assert media_type(Path("1.0.out")).startswith("text/plain")
+    assert media_type(Path("page.html")).startswith("text/plain")  # a log never becomes a page
+    assert media_type(Path("x.bin")) == "application/octet-stream"
+
+
+def test_credentials_time_left(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from autopyfactory.config.models import AuthProfile
+    from autopyfactory.plugins.auth.token import TokenOptions
+    from autopyfactory.plugins.auth.x509 import X509Options
+
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(hours=2))
+        .sign(key, hashes.SHA256())
+    )
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    t = time.time()
+    x509_profile = AuthProfile(name="atlas", plugin="X509", options=X509Options(proxyfile=str(proxy)))
+    health = check_profile("atlas", x509_profile, t)
+    assert health.status == "expiring" and 7000 < (health.seconds_left or 0) < 7300  # minlife 3 days
+    assert "PRIVATE" not in (health.detail or "") and str(proxy) in (health.detail or "")
+    missing = AuthProfile(name="gone", plugin="X509", options=X509Options(proxyfile=str(tmp_path / "none")))
+    assert check_profile("gone", missing, t).status == "unreadable"
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": int(t) + 30 * 86400}).encode()).decode().rstrip("=")
+    token_file = tmp_path / "token"
+    token_file.write_text(f"eyJhbGciOiJub25lIn0.{claims}.sig")
+    assert jwt_expiry(token_file.read_text()) == int(t) + 30 * 86400
+    token = AuthProfile(name="tok", plugin="Token", options=TokenOptions(tokenfile=str(token_file)))
+    assert check_profile("tok", token, t).status == "ok"
+    assert jwt_expiry("not-a-jwt") is None
+
+
+def test_sparkline_shows_a_single_point_and_stays_numbers_only() -> None:
+    svg = sparkline_svg(Series(t=[100.0], demand=[3], running=[1], start=0.0, end=100.0))
+    points = re.findall(r'points="([^"]*)"', svg)
+    assert [len(p.split()) for p in points] == [2, 2]
+    assert re.fullmatch(r"[\d. ,]+", points[0])
+    assert "no history" in sparkline_svg(None)
+
+
+def test_report_page_escapes_what_it_embeds() -> None:
+    evil = "</script><script>alert(1)</script>"
+    report = {
+        "start": "2027-01-01T00:00:00Z",
+        "end": "2027-01-02T00:00:00Z",
+        "step_s": 600,
+        "stopped_at": None,
+        "elapsed_s": 0.1,
+        "cycles_run": 2,
+        "tiers": {"A<b>": {"cost_per_hour": 0.5, "months": {"2027-01": {"submitted": 1, "started": 1,
+                  "peak_running": 1, "pilot_hours": 2.0, "cost": 1.0}}}},
+        "events": [{"time": "2027-01-01T00:10:00Z", "cascade": "c", "kind": "spill", "message": evil}],
+        "cycles": [
+            {"time": "2027-01-01T00:00:00Z", "demand": {evil: 5}, "tiers": {"A<b>": {"pending": 1, "running": 0, "n": 1}}},
+            {"time": "2027-01-01T00:10:00Z", "demand": {evil: 5}, "tiers": {"A<b>": {"pending": 0, "running": 1, "n": 0}}},
+        ],
+    }  # fmt: skip
+    page = render_report(report)
+    assert page.count("<script") == 3  # uPlot, the data, the drawing code: nothing from the report
+    assert evil not in page and "&lt;/script&gt;&lt;script&gt;alert(1)" in page
+    assert "A&lt;b&gt;" in page and "<td>A<b>" not in page
+    data = re.search(r'id="report-data">(.*?)</script>', page, re.S)
+    assert data is not None and json.loads(data.group(1))["series"]["submitted"]["A<b>"] == [1, 1]
+
+
+def test_vendored_front_end_files_match_their_checksums() -> None:
+    import hashlib
+
+    import autopyfactory.web
+
+    vendor = Path(autopyfactory.web.__file__).parent / "static" / "vendor"
+    sums = (vendor / "SHA256SUMS").read_text().splitlines()
+    assert {line.split()[1] for line in sums} == {"uPlot.iife.min.js", "uPlot.min.css", "htmx.min.js"}
+    for line in sums:
+        digest, name = line.split()
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert (vendor / "VERSIONS").read_text().split() == ["uplot", "1.6.32", "htmx.org", "2.0.11"]
