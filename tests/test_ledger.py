@@ -151,6 +151,47 @@ def test_pilots_that_never_started_give_their_count_back(engine: Engine) -> None
     pilots_that_never_started_give_their_count_back(engine)
 
 
+def recorded_pilots_that_never_started(engine: Engine) -> None:
+    """The engine's hook: reported ends checked against the stored rows (shared with PostgreSQL)."""
+    tier, q = tier_name(), quotas({"per": "month", "pilots": 10})
+    intent, factory = f"{tier}-i", f"{tier}-f"
+    with engine.begin() as conn:
+        assert reserve(conn, tier, q, 5, JAN15, intent) == 5
+        # the store's rows: job.0 was seen running (it has a start time), the others were not
+        conn.execute(
+            insert(pilots),
+            [
+                {
+                    "factory_id": factory,
+                    "queue": "Q",
+                    "backend_id": f"job.{i}",
+                    "intent_id": intent,
+                    "state": "pending",
+                    "submitted_at": JAN15,
+                    "started_at": JAN15 + 60 if i == 0 else None,
+                    "tier": tier,
+                }
+                for i in range(5)
+            ],
+        )
+    reports = [
+        Pilot("job.0", "Q", PilotState.CANCELLED, intent_id=intent),  # ran: the report lacks its start
+        Pilot("job.1", "Q", PilotState.CANCELLED, intent_id=intent),
+        Pilot("job.2", "Q", PilotState.FAILED, intent_id=intent),
+        Pilot("job.3", "Q", PilotState.RUNNING, intent_id=intent, started_at=JAN15 + 90),
+        Pilot("job.4", "Q", PilotState.DONE, intent_id=intent),  # completed: it ran
+    ]
+    with engine.begin() as conn:
+        assert ledger.release_unstarted_recorded(conn, factory, reports, JAN15 + 3600) == 2
+        assert ledger.release_unstarted_recorded(conn, factory, reports, JAN15 + 7200) == 0  # once
+    with engine.connect() as conn:
+        assert remaining(conn, tier, q, JAN15) == 7
+
+
+def test_recorded_pilots_that_never_started(engine: Engine) -> None:
+    recorded_pilots_that_never_started(engine)
+
+
 def test_never_started() -> None:
     assert never_started(PilotState.CANCELLED, None)
     assert never_started(PilotState.FAILED, None, PilotState.PENDING)

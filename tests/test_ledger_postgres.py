@@ -19,6 +19,7 @@ from tests.test_ledger import (
     make_engine,
     pilots_that_never_started_give_their_count_back,
     quotas,
+    recorded_pilots_that_never_started,
     run_two_workers,
     tier_name,
 )
@@ -58,3 +59,7 @@ def test_periods_and_release_postgres(pg: Engine) -> None:
 
 def test_pilots_that_never_started_give_their_count_back_postgres(pg: Engine) -> None:
     pilots_that_never_started_give_their_count_back(pg)
+
+
+def test_recorded_pilots_that_never_started_postgres(pg: Engine) -> None:
+    recorded_pilots_that_never_started(pg)

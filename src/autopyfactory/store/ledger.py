@@ -62,7 +62,7 @@ from sqlalchemy.exc import IntegrityError
 
 from autopyfactory.config.policy import Quota
 from autopyfactory.decide.periods import Period
-from autopyfactory.model import PilotState
+from autopyfactory.model import Pilot, PilotState
 from autopyfactory.store.schema import metadata, pilots
 
 # One row per tier: the lock every reservation for that tier takes first.
@@ -236,6 +236,37 @@ def release_unstarted(conn: Connection, ended: Iterable[EndedPilot], now: float)
                 conn, tier, intent_id, reservations[intent_id][1], by_intent[intent_id], now
             )
     return released
+
+
+def release_unstarted_recorded(
+    conn: Connection, factory_id: str, reported: Iterable[Pilot], now: float
+) -> int:
+    """The engine's hook, for the transaction that writes pilot reports (after the rows are
+    written): of the ``reported`` pilots, those that are over (cancelled, failed, lost) whose row
+    has never had a start time (a pilot once seen running keeps its ``started_at``) give their
+    quota count back. Returns how many were released."""
+    candidates = [p for p in reported if p.intent_id and never_started(p.state, p.started_at)]
+    if not candidates:
+        return 0
+    by_queue: dict[str, list[Pilot]] = defaultdict(list)
+    for p in candidates:
+        by_queue[p.queue].append(p)
+    ended: list[Pilot] = []
+    for queue, items in by_queue.items():
+        ids = [p.backend_id for p in items]
+        for i in range(0, len(ids), 500):
+            started = set(
+                conn.execute(
+                    select(pilots.c.backend_id).where(
+                        pilots.c.factory_id == factory_id,
+                        pilots.c.queue == queue,
+                        pilots.c.backend_id.in_(ids[i : i + 500]),
+                        pilots.c.started_at.is_not(None),
+                    )
+                ).scalars()
+            )
+            ended += [p for p in items[i : i + 500] if p.backend_id not in started]
+    return release_unstarted(conn, ended, now)
 
 
 def _release_pilots(
