@@ -22,6 +22,8 @@ echo "== apf simulate (two months of the example cascade at a 10-minute step)"
   | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(f"simulate_s={r[\"elapsed_s\"]} cycles={r[\"cycles_run\"]}")'
 echo "== bench/web.py (a daemon with 10,000 queues: page times, loop cadence while Chromium polls)"
 .venv/bin/python bench/web.py
+echo "== bench/simulate_compare.py (apf simulate --compare: two months, 10-minute step, three configurations and the optimum)"
+.venv/bin/python bench/simulate_compare.py
 if [ "${APF_BENCH_SOAK:-0}" = 1 ]; then
   echo "== bench/soak_kill.py (apf run SIGKILLed 100 times during its cycles; 6-8 minutes)"
   .venv/bin/python bench/soak_kill.py --kills 100

@@ -68,6 +68,14 @@ def test_cascade_spills_in_the_real_loop_and_plan_explain_show_why(tmp: Path) ->
     # A takes up to its cap (4) and passes the rest on; B takes its 2 (its cap and its quota)
     assert plans["A"].decision.n == 4 and plans["B"].decision.n == 2 and plans["C"].decision.n == 0
 
+    # A's two slots take a moment to start its first pilots: decided before that, all four look
+    # pending (not starting), and the policy would rightly move three of them on to C
+    wait_for(
+        lambda: len(list((tmp / "state" / "local").glob("*/A/*/started"))) >= 2,
+        30,
+        "A's first pilots to start",
+    )
+
     def settled() -> bool:
         factory.step(poll_all=True)
         return _active(factory, "C") == 1 and _active(factory, "A") + _active(factory, "B") + 1 == 6

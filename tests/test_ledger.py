@@ -21,8 +21,18 @@ from sqlalchemy import Engine, create_engine, func, insert, select
 
 from autopyfactory.config.policy import Quota
 from autopyfactory.decide.periods import parse_time
+from autopyfactory.model import Pilot, PilotState
 from autopyfactory.store import ledger
-from autopyfactory.store.ledger import ledger_entries, release, remaining, reserve, usage, use_begin_immediate
+from autopyfactory.store.ledger import (
+    ledger_entries,
+    never_started,
+    release,
+    release_unstarted,
+    remaining,
+    reserve,
+    usage,
+    use_begin_immediate,
+)
 from autopyfactory.store.schema import intents, metadata, pilots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +108,98 @@ def test_release_gives_back_to_the_reservations_period(engine: Engine) -> None:
         assert usage(conn, tier, q, last)[0].pilots_used == 0
         assert usage(conn, tier, q, last + 120)[0].pilots_used == 5
         assert remaining(conn, tier, q, last) == 10
+
+
+def _ended(intent: str, *ids: int, state: PilotState = PilotState.CANCELLED) -> list[Pilot]:
+    return [Pilot(f"job.{i}", "Q", state, intent_id=intent, submitted_at=JAN15) for i in ids]
+
+
+def pilots_that_never_started_give_their_count_back(engine: Engine) -> None:
+    """Shared with the PostgreSQL test: 200 submitted, 0 started must leave the quota whole."""
+    tier, q = tier_name(), quotas({"per": "month", "pilots": 10})
+    last = parse_time("2027-01-31T23:59:59Z")
+    a, b, other = (f"{tier}-{x}" for x in ("a", "b", "other"))
+    with engine.begin() as conn:
+        assert reserve(conn, tier, q, 10, last, a) == 10
+        assert reserve(conn, tier, q, 10, last, b) == 0  # the month is full
+    # four of them are cancelled before they start; reported after the month rolled over
+    feb = last + 3600
+    with engine.begin() as conn:
+        assert release_unstarted(conn, _ended(a, 0, 1, 2, 3), feb) == 4
+    with engine.connect() as conn:
+        assert remaining(conn, tier, q, last) == 4  # back to January, where they were counted
+        assert remaining(conn, tier, q, feb) == 10
+    with engine.begin() as conn:
+        # the same ends reported again (a second poll, a restart): nothing more
+        assert release_unstarted(conn, _ended(a, 0, 1, 2, 3), feb) == 0
+        # a partial submission gave 2 back already: never more than the intent holds
+        assert release(conn, a, 2) == 2
+        assert release_unstarted(conn, _ended(a, *range(4, 10), state=PilotState.FAILED), feb) == 4
+        assert release_unstarted(conn, _ended(a, 11), feb) == 0
+        # pilots of intents without a reservation (queues that are not tiers) are ignored
+        assert release_unstarted(conn, _ended(other, 1), feb) == 0
+        assert release_unstarted(conn, [Pilot("x", "Q", PilotState.CANCELLED)], feb) == 0
+    with engine.connect() as conn:
+        assert usage(conn, tier, q, last)[0].pilots_used == 0
+        total = conn.execute(
+            select(func.sum(ledger_entries.c.count)).where(ledger_entries.c.tier == tier)
+        ).scalar_one()
+        assert total == 0  # 10 reserved, 2 released for the partial submission, 8 never started
+
+
+def test_pilots_that_never_started_give_their_count_back(engine: Engine) -> None:
+    pilots_that_never_started_give_their_count_back(engine)
+
+
+def recorded_pilots_that_never_started(engine: Engine) -> None:
+    """The engine's hook: reported ends checked against the stored rows (shared with PostgreSQL)."""
+    tier, q = tier_name(), quotas({"per": "month", "pilots": 10})
+    intent, factory = f"{tier}-i", f"{tier}-f"
+    with engine.begin() as conn:
+        assert reserve(conn, tier, q, 5, JAN15, intent) == 5
+        # the store's rows: job.0 was seen running (it has a start time), the others were not
+        conn.execute(
+            insert(pilots),
+            [
+                {
+                    "factory_id": factory,
+                    "queue": "Q",
+                    "backend_id": f"job.{i}",
+                    "intent_id": intent,
+                    "state": "pending",
+                    "submitted_at": JAN15,
+                    "started_at": JAN15 + 60 if i == 0 else None,
+                    "tier": tier,
+                }
+                for i in range(5)
+            ],
+        )
+    reports = [
+        Pilot("job.0", "Q", PilotState.CANCELLED, intent_id=intent),  # ran: the report lacks its start
+        Pilot("job.1", "Q", PilotState.CANCELLED, intent_id=intent),
+        Pilot("job.2", "Q", PilotState.FAILED, intent_id=intent),
+        Pilot("job.3", "Q", PilotState.RUNNING, intent_id=intent, started_at=JAN15 + 90),
+        Pilot("job.4", "Q", PilotState.DONE, intent_id=intent),  # completed: it ran
+    ]
+    with engine.begin() as conn:
+        assert ledger.release_unstarted_recorded(conn, factory, reports, JAN15 + 3600) == 2
+        assert ledger.release_unstarted_recorded(conn, factory, reports, JAN15 + 7200) == 0  # once
+    with engine.connect() as conn:
+        assert remaining(conn, tier, q, JAN15) == 7
+
+
+def test_recorded_pilots_that_never_started(engine: Engine) -> None:
+    recorded_pilots_that_never_started(engine)
+
+
+def test_never_started() -> None:
+    assert never_started(PilotState.CANCELLED, None)
+    assert never_started(PilotState.FAILED, None, PilotState.PENDING)
+    assert never_started(PilotState.UNKNOWN, None, PilotState.HELD)  # lost while waiting
+    assert not never_started(PilotState.CANCELLED, 1.0)  # it started
+    assert not never_started(PilotState.CANCELLED, None, PilotState.RUNNING)  # seen running
+    assert not never_started(PilotState.DONE, None)  # it completed: it ran
+    assert not never_started(PilotState.PENDING, None)  # not over
 
 
 def test_rolling_window(engine: Engine) -> None:

@@ -1,5 +1,6 @@
 """The quota ledger against the real PostgreSQL (fixture ``postgres_url``): two factory processes
-reserving concurrently never exceed a shared quota, and a crash before commit counts nothing."""
+reserving concurrently never exceed a shared quota, a crash before commit counts nothing, and
+pilots that ended without starting give their count back (once)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from tests.test_ledger import (
     check_shared_quota,
     crash_between_reserve_and_commit,
     make_engine,
+    pilots_that_never_started_give_their_count_back,
     quotas,
+    recorded_pilots_that_never_started,
     run_two_workers,
     tier_name,
 )
@@ -52,3 +55,11 @@ def test_periods_and_release_postgres(pg: Engine) -> None:
         assert remaining(conn, tier, q, last) == 5
         assert remaining(conn, tier, q, first) == 2
         assert [u.period for u in usage(conn, tier, q, JAN15)] == ["2027-01"]
+
+
+def test_pilots_that_never_started_give_their_count_back_postgres(pg: Engine) -> None:
+    pilots_that_never_started_give_their_count_back(pg)
+
+
+def test_recorded_pilots_that_never_started_postgres(pg: Engine) -> None:
+    recorded_pilots_that_never_started(pg)

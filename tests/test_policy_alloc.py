@@ -184,11 +184,18 @@ def test_hysteresis_blocks_scale_down_right_after_scale_up() -> None:
     assert "hysteresis" in b.reason
     # B's share shields A: A is not drained in B's place
     assert alloc.tier("A").retire == 0
-    alloc = run(c, 5, states, {})  # excess 15: B holds its 10 back, A gives the other 5
-    assert (alloc.tier("B").retire, alloc.tier("A").retire) == (0, 5)
+    # excess 15, more than B holds: B's hysteresis holds the whole scale-down, A is not drained
+    # while B, the costlier tier, keeps pilots it will give back later
+    alloc = run(c, 5, states, {})
+    assert (alloc.tier("B").retire, alloc.tier("A").retire) == (0, 0)
+    assert alloc.tier("A").status is TierStatus.HOLDING
+    assert "B holds the scale-down" in alloc.tier("A").reason
+    assert not [e for e in alloc.events if e.kind == "drain"]
     later = {"A": TierState(running=10), "B": TierState(running=10, last_scale_up=NOW - 1801)}
     alloc = run(c, 12, later, {})
     assert (alloc.tier("B").retire, alloc.tier("A").retire) == (8, 0)
+    alloc = run(c, 5, later, {})  # once B may give back: all of B, then A the rest
+    assert (alloc.tier("B").retire, alloc.tier("A").retire) == (10, 5)
 
 
 def test_backoff_redrives_demand_to_next_tier_same_cycle() -> None:
@@ -282,3 +289,202 @@ def test_allocation_explains_itself() -> None:
 def test_no_demand_no_submissions(demand: int) -> None:
     alloc = run(cascade(), demand)
     assert alloc.submits == {"A": 0, "B": 0, "C": 0}
+
+
+# -- the issue's findings (each failed before the fix) ------------------------------------------
+
+PROJECT_EXAMPLE = """
+cascades:
+  - name: analysis
+    demand: ANALY_EXAMPLE
+    tiers:
+      - {queue: A, cap: 200, full: {pending: 20}, spill_on: [capped, full, backoff]}
+      - {queue: B, cap: 100, quotas: [{per: month, pilots: 3000}], spill_on: [quota, backoff]}
+      - {queue: C, drain: {retire_running: true, hysteresis: 30m}}
+"""
+
+
+def test_hysteresis_on_the_last_tier_never_drains_an_earlier_tier_in_its_place() -> None:
+    # the project's example: C scaled up 10 minutes ago; demand falls by more than C holds
+    c = cascade(PROJECT_EXAMPLE)
+    states = {
+        "A": TierState(running=150),
+        "B": TierState(running=80, pending=20),
+        "C": TierState(running=150, last_scale_up=NOW - 600),
+    }
+    alloc = run(c, 230, states, {"B": 2000})  # excess 170: C's 150 and 20 more
+    assert alloc.tier("C").status is TierStatus.HOLDING
+    assert (alloc.tier("B").cancel, alloc.tier("B").retire) == (0, 0)  # was: B cancels 20
+    assert (alloc.tier("A").cancel, alloc.tier("A").retire) == (0, 0)
+    assert "C holds the scale-down" in alloc.tier("B").reason
+    # once C may give back, C goes first and B gives the rest
+    states["C"] = TierState(running=150, last_scale_up=NOW - 1801)
+    alloc = run(c, 230, states, {"B": 2000})
+    assert (alloc.tier("C").retire, alloc.tier("B").cancel, alloc.tier("A").cancel) == (150, 20, 0)
+
+
+def _cycle(c: Cascade, demand: int, states: dict[str, TierState], quota: dict, held: dict, now: float = NOW):
+    """One allocation with the previous cycle's conditions passed back, as the engine does."""
+    states = {
+        q: TierState(**{**_fields(s), "conditions": held.get(q, frozenset())}) for q, s in states.items()
+    }
+    alloc = run(c, demand, states, quota, now)
+    held.clear()
+    held.update({t.tier: t.conditions for t in alloc.tiers})
+    return alloc
+
+
+def _fields(s: TierState) -> dict[str, Any]:
+    return {name: getattr(s, name) for name in TierState.__slots__}
+
+
+def test_events_are_reported_once_per_change_with_their_numbers() -> None:
+    c = cascade(PROJECT_EXAMPLE)
+    held: dict = {}
+    full_a = TierState(pending=50, running=150, capacity_hint=150)
+    states = {"A": full_a, "B": TierState(running=100), "C": TierState()}
+    first = _cycle(c, 400, states, {"B": 0}, held)
+    kinds = [(e.kind, e.tier, e.n, e.to_tier) for e in first.events]
+    assert ("full", "A", 50, None) in kinds
+    # 400 - (150 running + 20 tolerated pending on A + 100 on B) = 130 passed on
+    assert ("spill", "A", 130, "B") in kinds
+    assert ("quota_exhausted", "B", 130, None) in kinds
+    assert ("spill", "B", 130, "C") in kinds
+    assert first.events[0].as_dict()["n"] == first.events[0].n
+    assert first.tier("A").withdrawn == 30 and first.tier("C").submit == 130
+    # the same facts on the next cycles: nothing new to report
+    states["A"] = TierState(pending=20, running=150, capacity_hint=150)
+    states["C"] = TierState(pending=130)
+    for _ in range(3):
+        assert _cycle(c, 400, states, {"B": 0}, held).events == ()
+    # demand met for a while (pilots ending and being replaced is not a change): still nothing
+    states["A"] = TierState(pending=20, running=150, capacity_hint=150)
+    states["C"] = TierState(running=130)
+    assert _cycle(c, 400, states, {"B": 0}, held).events == ()
+    states["C"] = TierState(running=100)  # 30 C pilots ended: demand reaches A, B and C again
+    assert _cycle(c, 400, states, {"B": 0}, held).events == ()
+    # a new month: B's quota is back; it is no longer exhausted and (at its cap, which it does
+    # not spill on) no longer spills: both end silently. Exhausting it again is a change again.
+    assert _cycle(c, 400, states, {"B": 3000}, held).events == ()
+    assert "quota" not in held["B"] and "spill" not in held["B"]
+    again = _cycle(c, 400, states, {"B": 0}, held)
+    assert [(e.kind, e.tier) for e in again.events] == [("quota_exhausted", "B"), ("spill", "B")]
+
+
+def test_a_tier_stopped_at_its_learned_capacity_is_not_reported_as_not_starting() -> None:
+    c = cascade(PROJECT_EXAMPLE)
+    alloc = run(c, 400, {"A": TierState(pending=0, running=150, capacity_hint=150)}, {"B": 0})
+    assert alloc.tier("A").submit == 20  # the 20 pending it tolerates
+    alloc = run(c, 400, {"A": TierState(pending=20, running=150, capacity_hint=150)}, {"B": 0})
+    full = [e for e in alloc.events if e.kind == "full"]
+    assert len(full) == 1 and "not starting" not in full[0].message
+    assert not alloc.tier("A").observed_full  # stopped at its limit, not observed full
+    with_zero = run(c, 400, {"A": TierState(pending=0, running=150, capacity_hint=130)}, {"B": 0})
+    assert with_zero.tier("A").submit == 0
+    assert "150 running" not in with_zero.events[0].message
+
+
+@pytest.mark.parametrize(
+    ("full", "refill"),
+    [
+        ({"pending": 20}, 20),  # pending pilots up to 20 never make it full: it may hold them
+        ({"oldest_pending": "40m"}, 0),
+        ({"pending": 20, "oldest_pending": "40m"}, 0),  # churned 172 times in two months
+    ],
+)
+def test_a_tier_found_full_is_refilled_only_to_what_it_showed_it_can_start(full: dict, refill: int) -> None:
+    c = with_tiers({"queue": "A", "cap": 200, "full": full, "spill_on": ["full", "capped"]}, {"queue": "C"})
+    # found full before at 150 running; now its pending pilots have started or been withdrawn
+    alloc = run(c, 400, {"A": TierState(running=150, capacity_hint=150)}, {})
+    assert alloc.tier("A").submit == refill
+    assert alloc.tier("C").submit == 250 - refill
+    # one pilot ended: it is replaced, and no more
+    alloc = run(
+        c,
+        400,
+        {"A": TierState(running=149 + refill, capacity_hint=150), "C": TierState(running=250 - refill)},
+        {},
+    )
+    assert alloc.tier("A").submit == 1 and alloc.tier("C").submit == 0
+
+
+def test_equal_priority_tiers_split_demand_by_weight() -> None:
+    c = with_tiers(
+        {"queue": "X", "priority": 1, "weight": 2},
+        {"queue": "Y", "priority": 1, "weight": 1},
+        {"queue": "Z", "priority": 2},
+    )
+    assert c.groups == ((c.tier("X"), c.tier("Y")), (c.tier("Z"),))
+    assert run(c, 30, {}, {}).submits == {"X": 20, "Y": 10, "Z": 0}
+    # largest remainder, ties to the earlier tier: deterministic
+    assert run(c, 31, {}, {}).submits == {"X": 21, "Y": 10, "Z": 0}
+    assert run(c, 32, {}, {}).submits == {"X": 21, "Y": 11, "Z": 0}
+    assert run(c, 1, {}, {}).submits == {"X": 1, "Y": 0, "Z": 0}
+    equal = with_tiers({"queue": "X", "priority": 0}, {"queue": "Y", "priority": 0})
+    assert run(equal, 5, {}, {}).submits == {"X": 3, "Y": 2}
+    # what is split is the demand the group takes now (existing pilots count as supply):
+    # 20 by 2:1 is 13.3 and 6.7, the larger remainder goes to Y
+    assert run(c, 30, {"X": TierState(running=10)}, {}).submits == {"X": 13, "Y": 7, "Z": 0}
+
+
+def test_a_weighted_tier_is_bounded_by_its_cap_quota_and_full_and_the_rest_goes_to_its_peers() -> None:
+    c = with_tiers(
+        {"queue": "X", "priority": 1, "weight": 3, "cap": 10, "spill_on": ["capped"]},
+        {"queue": "Y", "priority": 1, "weight": 1, "quotas": [{"per": "month", "pilots": 50}]},
+        {"queue": "Z", "priority": 2},
+    )
+    alloc = run(c, 40, {}, {"Y": 50})
+    assert alloc.submits == {"X": 10, "Y": 30, "Z": 0}  # X capped at 10: Y takes the rest
+    assert alloc.tier("Z").status is TierStatus.IDLE
+    # spill goes on only once the whole group is stopped: Y's quota too
+    alloc = run(c, 100, {}, {"Y": 50})
+    assert alloc.submits == {"X": 10, "Y": 50, "Z": 40}
+    assert {e.tier for e in alloc.events if e.kind == "spill"} == {"X", "Y"}
+    assert all(e.to_tier == "Z" for e in alloc.events if e.kind == "spill")
+    # a full tier of the group takes nothing; its peer takes its part
+    full = with_tiers(
+        {"queue": "X", "priority": 1, "full": {"pending": 2}},
+        {"queue": "Y", "priority": 1},
+    )
+    assert run(full, 20, {"X": TierState(pending=5)}, {}).submits == {"X": 0, "Y": 18}
+
+
+def test_a_group_member_that_does_not_spill_holds_the_rest_back() -> None:
+    c = with_tiers(
+        {"queue": "X", "priority": 1, "cap": 5, "spill_on": ["capped"]},
+        {"queue": "Y", "priority": 1, "cap": 5, "spill_on": []},
+        {"queue": "Z", "priority": 2},
+    )
+    alloc = run(c, 30, {}, {})
+    assert alloc.submits == {"X": 5, "Y": 5, "Z": 0}
+    assert alloc.tier("Z").status is TierStatus.WAITING
+    assert alloc.unallocated == 20
+
+
+def test_a_group_gives_back_so_that_its_tiers_stay_in_proportion() -> None:
+    drain = {"retire_running": True}
+    c = with_tiers(
+        {"queue": "X", "priority": 1, "weight": 1, "drain": drain},
+        {"queue": "Y", "priority": 1, "weight": 1, "drain": drain},
+    )
+    alloc = run(c, 20, {"X": TierState(running=20), "Y": TierState(running=10)}, {})
+    assert (alloc.tier("X").retire, alloc.tier("Y").retire) == (10, 0)
+    alloc = run(c, 10, {"X": TierState(running=20), "Y": TierState(running=10)}, {})
+    assert (alloc.tier("X").retire, alloc.tier("Y").retire) == (15, 5)
+
+
+def test_headroom_keeps_pilots_above_the_demand_while_there_is_demand() -> None:
+    c = parse_policy(
+        "cascades: [{name: h, demand: W, headroom: 10, tiers: [{queue: A, cap: 50}, {queue: C}]}]"
+    ).cascades[0]
+    assert run(c, 45, {}, {}).submits == {"A": 50, "C": 5}
+    # met with its headroom: nothing to do; below it: the excess comes back from C first
+    met = {"A": TierState(running=50), "C": TierState(running=5, pending=0)}
+    assert run(c, 45, met, {}).submits == {"A": 0, "C": 0}
+    alloc = run(c, 30, {"A": TierState(running=50), "C": TierState(pending=5)}, {})
+    assert (alloc.tier("C").cancel, alloc.tier("A").cancel) == (5, 0)
+    # no demand, no headroom: everything drains
+    assert run(c, 0, {"C": TierState(pending=3)}, {}).tier("C").cancel == 3
+    pct = parse_policy("cascades: [{name: h, demand: W, headroom: '5%', tiers: [{queue: A}]}]").cascades[0]
+    assert pct.headroom_for(400) == 20 and pct.headroom_for(1) == 1 and pct.headroom_for(0) == 0
+    assert run(pct, 400, {}, {}).submits == {"A": 420}

@@ -114,11 +114,11 @@ def test_bad_values_name_their_key(tier: str, path: str, fragment: str) -> None:
 
 
 def test_several_problems_are_all_reported() -> None:
-    text = "cascades: [{name: c, tiers: [{queue: A, cap: x}, {queue: B, weight: 2}]}]"
+    text = "cascades: [{name: c, tiers: [{queue: A, cap: x}, {queue: B, wieght: 2}]}]"
     errors = errors_of(text)
     assert any("cascades[0].demand: required key is missing" in e for e in errors)
     assert any("cascades[0].tiers[0].cap" in e for e in errors)
-    assert any("cascades[0].tiers[1].weight: unknown key" in e for e in errors)
+    assert any("cascades[0].tiers[1].wieght: unknown key (did you mean 'weight'?)" in e for e in errors)
 
 
 def test_cross_document_rules() -> None:
@@ -224,3 +224,57 @@ def test_cli_check_against_queue_sections(tmp_path: Path, capsys: pytest.Capture
     conf = _example_copy(tmp_path, "cascades: [{name: c, demand: OTHER, tiers: [{queue: A}]}]\n")
     assert main(["policy", "check", "--conf", str(conf)]) == 0
     assert "warning" in capsys.readouterr().err
+
+
+def _warnings(text: str, sites: dict | None = None) -> list[str]:
+    from autopyfactory.config.policy import policy_warnings
+
+    return [str(p) for p in policy_warnings(parse_policy(text, file="p.yaml"), file="p.yaml", sites=sites)]
+
+
+def test_policy_check_warns_about_combinations_that_defeat_the_intent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from autopyfactory.config.policy import SiteFacts
+
+    # the issue's case: a cap above what the site can run, spilling on capped
+    warnings = _warnings(
+        "cascades: [{name: c, demand: W, tiers: [{queue: A, cap: 200, spill_on: [capped]}, {queue: B}]}]",
+        {"A": SiteFacts(capacity=150)},
+    )
+    assert (
+        len(warnings) == 1
+        and "cascades[0].tiers[0].cap: cap 200 is more than the 150 slots of [A]" in warnings[0]
+    )
+    assert "spills in the very first cycle" in warnings[0]
+    assert not _warnings(
+        "cascades: [{name: c, demand: W, tiers: [{queue: A, cap: 150, spill_on: [capped]}, {queue: B}]}]",
+        {"A": SiteFacts(capacity=150)},
+    )
+    text = """
+cascades:
+  - name: c
+    demand: W
+    tiers:
+      - {queue: A, spill_on: [capped, quota, full], weight: 2}
+      - {queue: B, full: {pending: 3}, spill_on: [backoff]}
+      - {queue: C, full: {oldest_pending: 10m}, provisioning_deadline: 5m, cost_per_hour: 1}
+      - {queue: D, cost_per_hour: 0.5, spill_on: [quota]}
+"""
+    found = "\n".join(_warnings(text, {"C": SiteFacts(start_delay=900)}))
+    assert "tiers[0].spill_on: 'capped' in spill_on, but the tier has no cap" in found
+    assert "tiers[0].spill_on: 'quota' in spill_on, but the tier has no quotas" in found
+    assert "tiers[0].spill_on: 'full' in spill_on, but the tier has no full condition" in found
+    assert "tiers[0].weight: no other tier has this priority" in found
+    assert "tiers[1].spill_on: the tier has a full condition but 'full' is not in spill_on" in found
+    assert "tiers[2].full.oldest_pending: provisioning_deadline (300 s) is not longer" in found
+    assert "tiers[2].full.oldest_pending: every pilot of [C] waits at least 900 s" in found
+    assert "tiers[3].spill_on: the last tier has nothing to spill to" in found
+    assert "tiers[3].cost_per_hour: D (0.5/h) is cheaper than C (1/h)" in found
+    # defaults never warn: spill_on lists every condition unless given
+    assert not _warnings("cascades: [{name: c, demand: W, tiers: [{queue: A}, {queue: B}]}]")
+    # apf policy check prints them as warnings and still succeeds (the example: A has 150 slots)
+    assert main(["policy", "check", "--conf", str(EXAMPLES / "autopyfactory.conf")]) == 0
+    captured = capsys.readouterr()
+    assert "policy OK" in captured.out
+    assert "apf: warning:" in captured.err and "cap 200 is more than the 150 slots of [A]" in captured.err

@@ -2,7 +2,9 @@
 
 Over random policies and demand traces: caps and quotas always hold; no cycle submits to a later
 tier while an earlier one could still take pilots (under cap and quota, not full, not backed off);
-scale-down always takes from the last tier first; zero demand drains everything.
+scale-down always takes from the last tier first, and no earlier tier gives anything back while a
+later tier holds pilots under its hysteresis (no exemption); zero demand drains everything.
+Tiers may share a priority (a group splitting demand by weight).
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ def tier_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
     if draw(st.booleans()):
         tier["provisioning_deadline"] = draw(st.sampled_from([1200, 3600]))
     tier["backoff"] = draw(st.sampled_from([600, 1800]))
+    if draw(st.booleans()):
+        tier["priority"] = draw(st.integers(0, 2))
+        tier["weight"] = draw(st.sampled_from([1, 1, 2, 3, 0.5]))
     return tier
 
 
@@ -97,7 +102,10 @@ def tier_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
 def scenarios(draw: st.DrawFn) -> tuple[Cascade, dict[str, ModelTier], list[int]]:
     n = draw(st.integers(1, 4))
     tiers = [draw(tier_dicts(i)) for i in range(n)]
-    doc = PolicyDocument.model_validate({"cascades": [{"name": "p", "demand": "W", "tiers": tiers}]})
+    headroom = draw(st.sampled_from([0, 0, 3, "10%"]))
+    doc = PolicyDocument.model_validate(
+        {"cascades": [{"name": "p", "demand": "W", "tiers": tiers, "headroom": headroom}]}
+    )
     cycles = draw(st.integers(5, 40))
     models = {
         t["queue"]: ModelTier(
@@ -195,13 +203,19 @@ def check_allocation(
                 tier.queue,
                 alloc.describe(),
             )
-    # a tier is reached by demand only through tiers that stopped on a condition they pass on
-    reached = [all(stopped[k] & set(tiers[k].spill_on) for k in range(j)) for j in range(len(tiers))]
+    # a group (tiers of one priority) is reached by demand only through groups whose every tier
+    # stopped on a condition it passes on
+    group_of = {t.queue: g for g, group in enumerate(cascade.groups) for t in group}
+    index = {t.queue: i for i, t in enumerate(tiers)}
+    groups = [[index[t.queue] for t in group] for group in cascade.groups]
+    passes = [all(stopped[k] & set(tiers[k].spill_on) for k in g) for g in groups]
+    reached = [all(passes[: group_of[t.queue]]) for t in tiers]
     for j, tier in enumerate(tiers):
         if alloc.tier(tier.queue).submit > 0:
-            # no submission to a later tier while an earlier tier could still take pilots ...
-            assert not any(could_take[:j]), (j, could_take, alloc.describe())
-            # ... nor past a tier that holds the demand back
+            earlier = [k for g in groups[: group_of[tier.queue]] for k in g]
+            # no submission to a later group while a tier of an earlier group could still take ...
+            assert not any(could_take[k] for k in earlier), (j, could_take, alloc.describe())
+            # ... nor past a group that holds the demand back
             assert reached[j], (j, stopped, alloc.describe())
     if alloc.unmet > 0:
         # every unit of unmet demand is either placed or reported as left over
@@ -214,9 +228,10 @@ def check_allocation(
     # scale up and scale down never mix, except cancelling written-off pilots
     if any(alloc.tier(t.queue).submit for t in tiers):
         assert all(alloc.tier(t.queue).retire == 0 for t in tiers)
-    # scale-down takes from the last tier first: once an earlier tier gives back capacity beyond
-    # its written-off pilots, every later tier gives back all it is allowed to
-    for i, tier in enumerate(tiers):
+    # scale-down takes from the last group first: once an earlier tier gives back capacity beyond
+    # its written-off pilots, every tier of a later group gives back all its drain settings allow,
+    # and none of them is held by hysteresis (no exemption: a held tier holds the whole scale-down)
+    for tier in tiers:
         a, s = alloc.tier(tier.queue), states[tier.queue]
         # (pending pilots a full tier withdrew because later tiers took their demand are a move,
         # not a scale-down)
@@ -228,19 +243,27 @@ def check_allocation(
         )
         if gives <= 0:
             continue
-        for later in tiers[i + 1 :]:
-            la, ls = alloc.tier(later.queue), states[later.queue]
-            if _blocked_by_hysteresis(later, ls, now):
+        for later in tiers:
+            if group_of[later.queue] <= group_of[tier.queue]:
                 continue
+            la, ls = alloc.tier(later.queue), states[later.queue]
             if later.drain.cancel_pending:
                 assert la.cancel == ls.pending, (later.queue, alloc.describe())
             if later.drain.retire_running:
                 assert la.retire == ls.running, (later.queue, alloc.describe())
+            if ls.pending - _written_off(later, ls, now) + ls.running > 0:
+                assert not _blocked_by_hysteresis(later, ls, now), (later.queue, alloc.describe())
     if alloc.demand == 0:
         assert all(alloc.tier(t.queue).submit == 0 for t in tiers)
         for tier in tiers:
             a, s = alloc.tier(tier.queue), states[tier.queue]
-            if _blocked_by_hysteresis(tier, s, now):
+            held_later = any(
+                _blocked_by_hysteresis(t, states[t.queue], now)
+                and states[t.queue].pending - _written_off(t, states[t.queue], now) + states[t.queue].running
+                for t in tiers
+                if group_of[t.queue] > group_of[tier.queue]
+            )
+            if _blocked_by_hysteresis(tier, s, now) or held_later:
                 continue
             if tier.drain.cancel_pending:
                 assert a.cancel == s.pending

@@ -79,3 +79,36 @@ def test_bad_rows_name_file_line_and_column() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read demand trace"):
         read_trace(tmp_path / "none.csv", START)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (
+            b"time,wmsqueue,activated\n0,Q,99999999999999999999\n",
+            "[line 2] activated: 99999999999999999999 is more than",
+        ),
+        (b"time,wmsqueue,activated\n0,Q,5\x00\n", "line 2 contains a NUL byte"),
+        (b"time,wmsqueue,activated\n0,Q," + b"9" * 200_000 + b"\n", "line 2"),
+        (
+            b"time,wmsqueue,activated\n0,Q," + b"9" * 2000 + b"\n",
+            "[line 2]: a field is longer than 1024 characters",
+        ),
+        (b"\xfc\x80\x81binary", "not a UTF-8 text file"),
+        (b"time,wmsqueue,activated\n99999-01-01T00:00:00Z,Q,5\n", "[line 2] time: not ISO 8601"),
+        (b"time,wmsqueue,activated\nnan,Q,5\n", "[line 2] time: not ISO 8601"),
+    ],
+)
+def test_huge_or_malformed_values_are_clear_errors(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_trace(path)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert str(path) in text and fragment in text
+
+
+def test_steps_give_the_levels_over_a_range() -> None:
+    trace = parse_trace("0,Q,10\n3600,Q,40\n7200,Q,0\n", START)
+    assert trace.steps("Q", START + 1800, START + 7200) == [(START + 1800, 10), (START + 3600, 40)]
+    assert trace.steps("none", START, START + 10) == [(START, 0)]

@@ -5,9 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from autopyfactory.config.errors import ConfigError, ConfigProblem
-from autopyfactory.config.policy import PolicyDocument, check_queues, load_policy, policy_json_schema
+from autopyfactory.config.policy import (
+    PolicyDocument,
+    SiteFacts,
+    check_queues,
+    load_policy,
+    policy_json_schema,
+    policy_warnings,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,14 +79,33 @@ def run_check(args: argparse.Namespace) -> int:
     problems: list[ConfigProblem] = []
     if config is not None:
         problems = check_queues(doc, config.queues, file=str(file))
-        _report(problems, f"policy {file}")
         if any(not p.warning for p in problems):
+            _report(problems, f"policy {file}")
             return 1
+    problems += policy_warnings(
+        doc, file=str(file), sites=_site_facts(config) if config is not None else None
+    )
+    _report(problems, f"policy {file}")
     if args.json:
         print(doc.model_dump_json(indent=2))
         return 0
     print(_summary(doc, str(file), checked=config is not None))
     return 0
+
+
+def _site_facts(config: Any) -> dict[str, SiteFacts]:
+    """Capacity and start delay of simulated tier queues (other backends: unknown until observed)."""
+    from autopyfactory.sim.batch import SimSubmitOptions
+
+    out = {}
+    for name, queue in config.queues.items():
+        options = queue.plugin_options("batchsubmit")
+        if isinstance(options, SimSubmitOptions):
+            capacity = options.capacity
+            if options.fail_when_over is not None:
+                capacity = min(capacity, options.fail_when_over)
+            out[name] = SiteFacts(capacity=capacity, start_delay=options.start_delay)
+    return out
 
 
 def _summary(doc: PolicyDocument, file: str, *, checked: bool) -> str:

@@ -8,10 +8,13 @@ Schema. ``load_policy``/``parse_policy`` validate a document and raise ``ConfigE
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -142,6 +145,11 @@ class Tier(_Doc):
     priority: int | None = Field(
         None, description="fill order: lower first; tiers without one keep their list position"
     )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="tiers of equal priority split the demand they take in proportion to their weights",
+    )
     drain: Drain = Field(default_factory=Drain)
     provisioning_deadline: Duration | None = Field(
         None, description="pilots not started within this mark the tier backed off"
@@ -154,19 +162,84 @@ class Tier(_Doc):
         return self.queue
 
 
+def _headroom(value: Any) -> Any:
+    # '5%' or a whole number of pilots; validated here so the error names the key
+    if isinstance(value, bool):
+        raise ValueError(f"a whole number of pilots or a percentage like '5%', not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        number = text[:-1] if text.endswith("%") else text
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ValueError(f"not a number of pilots or a percentage like '5%': {value!r}") from None
+        if not math.isfinite(amount) or amount < 0 or (not text.endswith("%") and amount != int(amount)):
+            raise ValueError(f"a whole number of pilots >= 0 or a percentage >= 0: {value!r}")
+        return text if text.endswith("%") else int(amount)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0 or value != int(value):
+            raise ValueError(f"a whole number of pilots >= 0 or a percentage >= 0: {value!r}")
+        return int(value)
+    return value
+
+
+Headroom = Annotated[
+    int | str,
+    BeforeValidator(_headroom),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%$"},
+            ],
+            "description": "pilots kept above the demand: a number, or a percentage of the demand ('5%')",
+        }
+    ),
+]
+
+
 class Cascade(_Doc):
     """Ordered tiers sharing one demand."""
 
     name: str = Field(min_length=1)
     demand: str = Field(min_length=1, description="the WMS queue whose activated jobs are the demand")
     tiers: tuple[Tier, ...] = Field(min_length=1)
+    headroom: Headroom = Field(
+        0,
+        description="pilots kept above the demand while there is demand (a number or a percentage such as "
+        "'5%'): they cover pilots that end between cycles while their replacements start",
+    )
+
+    def headroom_for(self, demand: int) -> int:
+        """Pilots to keep above ``demand`` (none without demand)."""
+        if demand <= 0:
+            return 0
+        if isinstance(self.headroom, str):
+            return math.ceil(demand * float(self.headroom.strip()[:-1]) / 100 - 1e-9)
+        return self.headroom
 
     @property
     def ordered(self) -> tuple[Tier, ...]:
         """Tiers in fill order (scale-down runs it backwards)."""
-        indexed = list(enumerate(self.tiers))
-        indexed.sort(key=lambda it: (it[1].priority if it[1].priority is not None else it[0], it[0]))
-        return tuple(t for _, t in indexed)
+        return tuple(t for group in self.groups for t in group)
+
+    @property
+    def groups(self) -> tuple[tuple[Tier, ...], ...]:
+        """Tiers in fill order, tiers of equal priority together (they share demand by weight)."""
+        groups: list[list[Tier]] = []
+        last: int | None = None
+        for index, tier in sorted(enumerate(self.tiers), key=lambda it: (self._rank(it[0]), it[0])):
+            rank = self._rank(index)
+            if groups and rank == last:
+                groups[-1].append(tier)
+            else:
+                groups.append([tier])
+            last = rank
+        return tuple(tuple(g) for g in groups)
+
+    def _rank(self, index: int) -> int:
+        priority = self.tiers[index].priority
+        return priority if priority is not None else index
 
     def tier(self, queue: str) -> Tier:
         for t in self.tiers:
@@ -266,6 +339,114 @@ def check_queues(doc: PolicyDocument, queues: Mapping[str, Any], *, file: str) -
                     )
                 )
     return problems
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What is known of a tier queue's resource without running it (a simulated site's settings;
+    ``None`` = unknown): used to warn about conditions that defeat the policy's intent."""
+
+    capacity: int | None = None  # slots: pilots beyond them wait
+    start_delay: float | None = None  # the shortest wait before a pilot can start
+
+
+def policy_warnings(
+    doc: PolicyDocument, *, file: str, sites: Mapping[str, SiteFacts] | None = None
+) -> list[ConfigProblem]:
+    """Combinations that are valid but defeat the intent (warnings, see docs/policy.md "Which
+    conditions make sense together")."""
+    out: list[ConfigProblem] = []
+    sites = sites or {}
+    for ci, cascade in enumerate(doc.cascades):
+        index = {t.queue: ti for ti, t in enumerate(cascade.tiers)}
+        ordered = cascade.ordered
+        groups = cascade.groups
+        for gi, group in enumerate(groups):
+            for tier in group:
+                ti = index[tier.queue]
+
+                def warn(
+                    key: str,
+                    message: str,
+                    tier: Tier = tier,
+                    ti: int = ti,
+                    ci: int = ci,
+                    name: str = cascade.name,
+                ) -> None:
+                    out.append(
+                        ConfigProblem(
+                            file,
+                            _where(name, tier.queue),
+                            f"cascades[{ci}].tiers[{ti}].{key}",
+                            message,
+                            warning=True,
+                        )
+                    )
+
+                _tier_warnings(tier, gi == len(groups) - 1, len(group), sites.get(tier.queue), warn)
+        for earlier, later in itertools.pairwise(ordered):
+            if later.cost_per_hour < earlier.cost_per_hour and earlier.priority == later.priority is None:
+                out.append(
+                    ConfigProblem(
+                        file,
+                        _where(cascade.name, later.queue),
+                        f"cascades[{ci}].tiers[{index[later.queue]}].cost_per_hour",
+                        f"{later.queue} ({later.cost_per_hour:g}/h) is cheaper than {earlier.queue} "
+                        f"({earlier.cost_per_hour:g}/h), which is filled first; if that is not what you "
+                        "mean, list the cheaper tier first",
+                        warning=True,
+                    )
+                )
+    return out
+
+
+def _tier_warnings(
+    tier: Tier, last: bool, group_size: int, site: SiteFacts | None, warn: Callable[[str, str], None]
+) -> None:
+    explicit = tier.model_fields_set
+    spill = set(tier.spill_on)
+    full = tier.full
+    capacity = site.capacity if site is not None else None
+    if tier.cap is not None and capacity is not None and tier.cap > capacity and "capped" in spill:
+        warn(
+            "cap",
+            f"cap {tier.cap} is more than the {capacity} slots of [{tier.queue}], with 'capped' in spill_on: "
+            f"{tier.queue} is filled to {tier.cap} and the demand above that spills in the very first cycle, "
+            f"while {tier.cap - capacity} of its pilots wait for slots; set cap to at most {capacity}, or "
+            "drop 'capped' from spill_on and let a full condition move the demand on",
+        )
+    if "spill_on" in explicit:
+        if last and spill:
+            warn("spill_on", "the last tier has nothing to spill to: spill_on has no effect here")
+        if "capped" in spill and tier.cap is None:
+            warn("spill_on", "'capped' in spill_on, but the tier has no cap: it never applies")
+        if "quota" in spill and not tier.quotas:
+            warn("spill_on", "'quota' in spill_on, but the tier has no quotas: it never applies")
+        if "full" in spill and full is None:
+            warn("spill_on", "'full' in spill_on, but the tier has no full condition: it never applies")
+    if full is not None and "full" not in spill and not last:
+        warn(
+            "spill_on",
+            "the tier has a full condition but 'full' is not in spill_on: while it is full, the demand "
+            "waits for it and later tiers get nothing",
+        )
+    if full is not None and full.oldest_pending is not None:
+        deadline = tier.provisioning_deadline
+        if deadline is not None and deadline <= full.oldest_pending:
+            warn(
+                "full.oldest_pending",
+                f"provisioning_deadline ({deadline:g} s) is not longer than full.oldest_pending "
+                f"({full.oldest_pending:g} s): pilots are written off before the tier can count as full",
+            )
+        delay = site.start_delay if site is not None else None
+        if delay is not None and delay >= full.oldest_pending:
+            warn(
+                "full.oldest_pending",
+                f"every pilot of [{tier.queue}] waits at least {delay:g} s to start, not less than "
+                f"full.oldest_pending ({full.oldest_pending:g} s): the tier counts as full after every submission",
+            )
+    if "weight" in explicit and group_size == 1:
+        warn("weight", "no other tier has this priority: weight has no effect")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

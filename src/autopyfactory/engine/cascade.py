@@ -21,24 +21,36 @@ def tier_state(
     tier: Tier, supply: Supply, pilots: Sequence[Pilot], now: float, cr: CascadeRuntime
 ) -> TierState:
     """What the allocation needs to know about one tier, from its batch snapshot and our memory."""
-    waiting = [p.submitted_at for p in pilots if p.state in (PilotState.PENDING, PilotState.HELD)]
-    waiting_since = [t for t in waiting if t is not None]
+    deadline = tier.provisioning_deadline
+    stale_after = tier.full.oldest_pending if tier.full is not None else None
+    oldest = supply.oldest_pending_since
     overdue = stale = 0
-    if tier.provisioning_deadline is not None:
-        overdue = sum(1 for t in waiting_since if now - t > tier.provisioning_deadline)
-    if tier.full is not None and tier.full.oldest_pending is not None:
-        stale = sum(1 for t in waiting_since if now - t > tier.full.oldest_pending)  # type: ignore[operator]
+    if supply.pending + supply.held and (supply.held or deadline is not None or stale_after is not None):
+        # per-pilot ages are needed (held pilots wait too; the supply's oldest counts pending ones)
+        waiting = [
+            p.submitted_at
+            for p in pilots
+            if p.submitted_at is not None and p.state in (PilotState.PENDING, PilotState.HELD)
+        ]
+        oldest = min(waiting) if waiting else None
+        if deadline is not None:
+            overdue = sum(1 for t in waiting if now - t > deadline)
+        if stale_after is not None:
+            stale = sum(1 for t in waiting if now - t > stale_after)
+    elif not supply.pending:
+        oldest = None
     backoff = cr.backoff_until.get(tier.queue)
     return TierState(
         pending=supply.pending + supply.held,
         running=supply.running,
         retiring=supply.retiring,
-        oldest_pending_since=min(waiting_since) if waiting_since else None,
+        oldest_pending_since=oldest,
         overdue=overdue,
         stale=stale,
         backoff_until=backoff if backoff is not None and backoff > now else None,
         last_scale_up=cr.last_scale_up.get(tier.queue),
         capacity_hint=_capacity_hint(cr, tier.queue, supply.running),
+        conditions=frozenset(c for c, t in cr.last_event_keys if t == tier.queue),
     )
 
 
@@ -50,17 +62,15 @@ def _capacity_hint(cr: CascadeRuntime, queue: str, running: int) -> int | None:
 
 
 def learn_capacity(cr: CascadeRuntime, alloc: CascadeAllocation, states: dict[str, TierState]) -> None:
-    """A tier found full shows what it can run: remember its running count."""
+    """Remember what an allocation showed: a tier whose full condition held on what was observed
+    (its pilots are not starting) can run what it runs now, whatever combination of conditions
+    declared it full; and the conditions that hold now, as (condition, tier) pairs in
+    ``last_event_keys`` (the next allocation reports only those that start to hold)."""
     for t in alloc.tiers:
         state = states.get(t.tier)
-        # full because pilots wait (not merely because we stopped at the hint)
-        if (
-            state is not None
-            and "full" in t.stopped_by
-            and state.running > 0
-            and state.pending > state.overdue
-        ):
+        if state is not None and t.observed_full and state.running > 0:
             cr.capacity_hint[t.tier] = state.running
+    cr.last_event_keys = frozenset((c, t.tier) for t in alloc.tiers for c in t.conditions)
 
 
 def tier_n(t: TierAllocation) -> int:
@@ -113,8 +123,7 @@ def tier_actions(t: TierAllocation, pilots: Sequence[Pilot], killorder: str) -> 
 
 
 def new_events(cr: CascadeRuntime, events: Sequence[PolicyEvent]) -> list[PolicyEvent]:
-    """Events are facts that hold every cycle; report each when it starts to hold."""
-    keys = frozenset((e.kind, e.tier) for e in events)
-    fresh = [e for e in events if (e.kind, e.tier) not in cr.last_event_keys]
-    cr.last_event_keys = keys
-    return fresh
+    """The events to record: the allocation reports each condition once, when it starts to hold
+    (it reads the conditions that hold from ``TierState.conditions``, kept by ``learn_capacity``),
+    and every drain; each event carries its numbers (``n``, ``to``)."""
+    return list(events)

@@ -82,7 +82,7 @@ class SiteParams:
     drain_time: float = 0.0
 
 
-Listener = Callable[[str, str, Pilot], None]  # (site, "start" | "end", pilot)
+Listener = Callable[[str, str, Pilot], None]  # (site, "submit" | "start" | "end", pilot)
 
 
 class SimSite:
@@ -175,11 +175,12 @@ class SimSite:
         self._recent_order.append((t, factory, pilot.backend_id))
         self.world.notify(self.name, "end", view)
 
-    def _publish(self, pilot: _SimPilot, what: str | None = None) -> None:
+    def _publish(self, pilot: _SimPilot, what: str | None = None) -> Pilot:
         view = pilot.view()
         self._live.setdefault(pilot.tags.factory_id, {})[pilot.backend_id] = view
         if what is not None:
             self.world.notify(self.name, what, view)
+        return view
 
     def _trim(self, now: float) -> None:
         horizon = now - self.world.keep_finished
@@ -201,6 +202,7 @@ class SimSite:
             )
         now = max(now, self.t)
         created = []
+        views = []
         for _ in range(n):
             self.seq += 1
             pilot = _SimPilot(
@@ -213,10 +215,11 @@ class SimSite:
             )
             self.pilots[pilot.backend_id] = pilot
             self._queue.append(pilot)
-            self._publish(pilot)
+            views.append(self._publish(pilot, "submit"))
             created.append(pilot)
         self.advance(now)  # a pilot with no start delay and a free slot starts at once
-        return [p.view() for p in created]
+        # as submitted (a pilot that started at once shows as running in the next poll)
+        return [v if p.state is PilotState.PENDING else p.view() for p, v in zip(created, views, strict=True)]
 
     def cancel(self, backend_ids: Sequence[str], now: float) -> int:
         """Remove pilots (running ones too: a cancel is a removal). Unknown ids are gone already."""
@@ -404,6 +407,11 @@ class SimSubmitOptions(SubmitOptions):
     )
     drain_time: Duration = Field(0.0, description="a retired (drained) pilot ends this long after retire")
     site: str | None = Field(None, description="site name (default: the queue name); queues may share one")
+    cost_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="price of a pilot-hour here, for simulation reports (a policy tier's own wins)",
+    )
 
 
 def _site_name(queue: QueueConfig) -> str:

@@ -3,7 +3,8 @@
 ``time`` is ISO 8601 (``2027-01-05T12:00:00Z``; no zone means UTC) or seconds from the start of
 the simulation. A value holds until the next row for the same WMS queue; before its first row a
 queue's demand is 0. A header line ``time,wmsqueue,activated``, blank lines and lines starting
-with ``#`` are skipped. Bad rows raise ``ConfigError`` naming the file, line and column.
+with ``#`` are skipped. Bad rows raise ``ConfigError`` naming the file, line and column; a value
+above ``MAX_ACTIVATED`` is refused (a simulation submits pilots for it).
 
 ``read_trace(path, start)`` gives a trace on absolute time; ``load_trace(path)`` keeps relative
 rows relative until a start is known (``value_at(wmsqueue, elapsed, now)``, as the Sim WMS
@@ -23,6 +24,8 @@ from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.decide.periods import parse_time
 
 HEADER = ("time", "wmsqueue", "activated")
+MAX_ACTIVATED = 1_000_000  # per WMS queue: more is a typo, and would be simulated pilot by pilot
+MAX_FIELD = 1024  # characters per field
 
 Row = tuple[float, bool, int]  # (time, relative?, activated), in file order
 
@@ -100,6 +103,17 @@ class DemandTrace:
                 best = times[i]
         return best
 
+    def steps(self, wmsqueue: str, start: float, end: float) -> list[tuple[float, int]]:
+        """The demand of ``wmsqueue`` on ``[start, end)`` as (time, level) steps, the first at
+        ``start`` (the level then)."""
+        times, values = self._build().get(wmsqueue, ([], []))
+        out = [(start, self.at(wmsqueue, start))]
+        i = bisect.bisect_right(times, start)
+        while i < len(times) and times[i] < end:
+            out.append((times[i], values[i]))
+            i += 1
+        return out
+
     @property
     def end(self) -> float | None:
         last = [times[-1] for times, _ in self._build().values() if times]
@@ -119,6 +133,14 @@ def load_trace(path: str | Path) -> DemandTrace:
         raise ConfigError(
             [ConfigProblem(file, None, None, f"cannot read demand trace: {exc.strerror}")]
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file, None, None, f"not a UTF-8 text file (byte {exc.start}): a CSV trace is text"
+                )
+            ]
+        ) from None
     return parse_trace(text, file=file)
 
 
@@ -130,11 +152,18 @@ def parse_trace(text: str, start: float | None = None, *, file: str = "<trace>")
     def bad(line: int, column: str | None, message: str) -> None:
         problems.append(ConfigProblem(file, f"line {line}", column, message))
 
-    for line, fields in _rows(text):
+    try:
+        parsed = list(_rows(text))
+    except csv.Error as exc:
+        raise ConfigError([ConfigProblem(file, None, None, f"not a valid CSV file: {exc}")]) from None
+    for line, fields in parsed:
         if [f.strip().lower() for f in fields] == list(HEADER):
             continue
         if len(fields) != 3:
             bad(line, None, f"expected 3 fields time,wmsqueue,activated, got {len(fields)}")
+            continue
+        if any(len(f) > MAX_FIELD for f in fields):
+            bad(line, None, f"a field is longer than {MAX_FIELD} characters")
             continue
         raw_time, queue, raw_value = (f.strip() for f in fields)
         when = _time(raw_time)
@@ -148,6 +177,9 @@ def parse_trace(text: str, start: float | None = None, *, file: str = "<trace>")
                 raise ValueError
         except ValueError:
             bad(line, "activated", f"not a whole number >= 0: {raw_value!r}")
+            continue
+        if value > MAX_ACTIVATED:
+            bad(line, "activated", f"{value} is more than {MAX_ACTIVATED:,} activated jobs")
             continue
         if when is None or not queue:
             continue
@@ -163,8 +195,17 @@ def parse_trace(text: str, start: float | None = None, *, file: str = "<trace>")
 
 
 def _rows(text: str) -> Iterable[tuple[int, list[str]]]:
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise csv.Error(f"line {line} contains a NUL byte")
     reader = csv.reader(io.StringIO(text))
-    for fields in reader:
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise csv.Error(f"line {reader.line_num}: {exc}") from None
         line = reader.line_num
         if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
             continue
@@ -181,5 +222,5 @@ def _time(raw: str) -> tuple[float, bool] | None:
         return (seconds, True) if math.isfinite(seconds) and seconds >= 0 else None
     try:
         return parse_time(raw), False
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
