@@ -186,3 +186,62 @@ def test_two_factories_share_one_postgres_ledger_and_never_exceed_the_quota(
     submitted = sum(i["submitted"] or 0 for f in ("f1", "f2") for i in store.intents(f))
     assert reserved == submitted == 7  # together exactly the quota, never more
     assert all(sum(i["submitted"] or 0 for i in store.intents(f)) > 0 for f in ("f1", "f2")) or submitted == 7
+
+
+UNSTARTED_POLICY = """
+cascades:
+  - name: only
+    demand: W
+    tiers:
+      - {queue: B, quotas: [{per: month, pilots: 5}]}
+"""
+
+
+def test_pilots_cancelled_before_they_start_give_their_quota_back(tmp: Path) -> None:
+    """The monthly quota counts pilots started: the engine reserves at submission (so two factories
+    can never exceed it) and, when it records that a pilot ended without starting, releases it."""
+    from autopyfactory.config.policy import Quota
+    from autopyfactory.sim.batch import reset_world
+    from autopyfactory.sim.clock import VirtualClock
+    from autopyfactory.store.ledger import remaining
+
+    write(tmp / "policy.yaml", UNSTARTED_POLICY)
+    queues = """
+        [B]
+        enabled = True
+        apfqueue.sleep = 60
+        wmsqueue = W
+        wmsstatusplugin = Sim
+        wmsstatus.sim.steps = 0:5, 600:0
+        batchstatusplugin = Sim
+        batchsubmitplugin = Sim
+        # no slot: the pilots wait and never start
+        batchsubmit.sim.capacity = 0
+        schedplugin = Ready
+        """
+    conf = factory_conf(tmp, queues, extra="policyConf = policy.yaml\n")
+    clock = VirtualClock(1_767_225_600.0)  # 2026-01-01
+    reset_world(clock)
+    factory = Factory(load_factory_config(str(conf)), clock=clock.now)
+    quota = [Quota.model_validate({"per": "month", "pilots": 5})]
+
+    def left() -> int | None:
+        with factory.store.engine.connect() as conn:
+            return remaining(conn, "B", quota, clock.now())
+
+    try:
+        t = clock.now()
+        for _ in range(3):  # demand 5: five pilots submitted, the quota spent by the reservation
+            clock.set(t)
+            factory.step(t, poll_all=True)
+            t += 120
+        assert left() == 0
+        for _ in range(8):  # demand 0: the waiting pilots are cancelled and never started
+            clock.set(t)
+            factory.step(t, poll_all=True)
+            t += 120
+        states = [p["state"] for p in factory.store.pilots(factory.factory_id, "B")]
+        assert states.count("cancelled") == 5, states
+        assert left() == 5  # all five given back: none of them started
+    finally:
+        factory.shutdown()

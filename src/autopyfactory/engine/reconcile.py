@@ -190,8 +190,13 @@ class Reconciler:
                 continue
             found = by_intent.get(intent.id, 0)
             status = "adopted" if found else "lost"
+            # a lost intent (the crash came before the submission) gives its quota back; an adopted
+            # one keeps it (pilots that ran and ended while we were away are not listed any more)
+            release = intent.n if not found and intent.tier else 0
             self.recorder.settle(
-                Settlement(intent.id, status, found, now, None if found else "no pilot found under its tag")
+                Settlement(
+                    intent.id, status, found, now, None if found else "no pilot found under its tag", release
+                )
             )
             self.recorder.event(
                 "adopt",

@@ -210,6 +210,8 @@ class Store:
                         _ledger.release(conn, x.intent_id, x.release)
             if pilots_:
                 _upsert_pilots(conn, factory_id, pilots_, now)
+                # the quota counts pilots started: those that ended without starting give it back
+                _ledger.release_unstarted_recorded(conn, factory_id, pilots_, now)
             if events_:
                 _many(
                     conn,
