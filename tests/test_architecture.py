@@ -153,3 +153,17 @@ def test_each_engine_stage_is_its_own_module() -> None:
     }
     present = {p.stem for p in (PACKAGE / "engine").glob("*.py")}
     assert stages <= present
+
+
+def test_the_decision_code_loads_no_registry_yaml_or_database() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pkgutil, importlib, autopyfactory.decide as d\n"
+        "for m in pkgutil.walk_packages(d.__path__, 'autopyfactory.decide.'): importlib.import_module(m.name)\n"
+        "bad = [m for m in ('yaml', 'sqlalchemy', 'autopyfactory.plugins.registry', 'autopyfactory.store') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"decide/ loads {out.stdout.strip()}"

@@ -9,7 +9,6 @@ Schema. ``load_policy``/``parse_policy`` validate a document and raise ``ConfigE
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import types
 import typing
@@ -18,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 from pydantic import model_validator as _model_validator
 
 from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.decide.periods import Period, parse_duration, parse_period
-from autopyfactory.plugins.base import did_you_mean
+from autopyfactory.hints import did_you_mean
 
 SPILL_CONDITIONS = ("capped", "full", "quota", "backoff")
 SpillCondition = Literal["capped", "full", "quota", "backoff"]
@@ -296,7 +294,10 @@ def load_policy(path: str | Path) -> PolicyDocument:
 
 
 def parse_policy(text: str, *, file: str = "<policy>", fmt: str = "yaml") -> PolicyDocument:
-    data = _parse_text(text, file, fmt)
+    # the text parser (and YAML) is loaded only here: the pure decision code imports these models
+    from autopyfactory.config.policy_text import parse_text
+
+    data = parse_text(text, file, fmt)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -447,47 +448,6 @@ def _tier_warnings(
             )
     if "weight" in explicit and group_size == 1:
         warn("weight", "no other tier has this priority: weight has no effect")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
-            )
-        seen[key] = line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _parse_text(text: str, file: str, fmt: str) -> Any:
-    if fmt == "json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        file, None, None, f"not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
-                    )
-                ]
-            ) from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigProblem(file, None, None, f"not valid YAML: {where}{problem}")]) from None
 
 
 def _where(cascade: object, tier: object = None) -> str | None:

@@ -5,12 +5,13 @@ need them."""
 
 from __future__ import annotations
 
-import difflib
 import threading
-from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 
+from autopyfactory.hints import did_you_mean
 from autopyfactory.plugins.options import Plugin
+
+__all__ = ["KINDS", "PluginError", "did_you_mean", "load", "names", "register"]
 
 KINDS = ("sched", "wmsstatus", "batchstatus", "batchsubmit", "monitor", "auth", "config")
 
@@ -58,12 +59,3 @@ def load(kind: str, name: str) -> type[Plugin]:
         raise PluginError(f"{kind} plugin {name!r} is not a Plugin subclass")
     _loaded[(kind, name)] = cls
     return cls
-
-
-def did_you_mean(word: str, choices: Sequence[str] | set[str]) -> str:
-    """' (did you mean X?)' or '' — shared by every 'unknown name' error."""
-    lowered = {c.lower(): c for c in choices}
-    if word.lower() in lowered and lowered[word.lower()] != word:
-        return f" (did you mean {lowered[word.lower()]!r}? names are case-sensitive)"
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
