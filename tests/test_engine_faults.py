@@ -35,7 +35,7 @@ from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.factory import Factory
 from autopyfactory.model import Pilot, PilotTags
 from autopyfactory.plugins.base import BatchSubmitPlugin
-from autopyfactory.plugins.registry import register
+from autopyfactory.plugins.registry import register, unregister
 from autopyfactory.sim.batch import reset_world
 from autopyfactory.store.api import Store
 from tests.fakepanda import FakePanda
@@ -430,6 +430,7 @@ def hanging() -> Iterator[type[HangingSubmit]]:
     reset_world()
     yield HangingSubmit
     HangingSubmit.release.set()
+    unregister(HangingSubmit)
 
 
 class _InProcess:

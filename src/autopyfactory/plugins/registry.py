@@ -11,7 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 from autopyfactory.hints import did_you_mean
 from autopyfactory.plugins.options import Plugin
 
-__all__ = ["KINDS", "PluginError", "did_you_mean", "load", "names", "register"]
+__all__ = ["KINDS", "PluginError", "did_you_mean", "load", "names", "register", "unregister"]
 
 KINDS = ("sched", "wmsstatus", "batchstatus", "batchsubmit", "monitor", "auth", "config")
 
@@ -30,6 +30,11 @@ def register(cls: type[Plugin]) -> type[Plugin]:
     """Register a plugin class in-process (tests and embedding); entry points are the normal way."""
     _extra[(cls.kind, cls.name)] = cls
     return cls
+
+
+def unregister(cls: type[Plugin]) -> None:
+    """Undo ``register`` (a test's plugin must not outlive the test)."""
+    _extra.pop((cls.kind, cls.name), None)
 
 
 def names(kind: str) -> list[str]:
