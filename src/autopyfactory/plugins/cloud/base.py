@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -50,6 +50,7 @@ from autopyfactory.plugins.cloud.lifecycle import (
 )
 from autopyfactory.plugins.cloud.pools import Pool, PoolKind, PoolSpec, Release, make_pool
 from autopyfactory.plugins.keys import AUTH_META, auth_field
+from autopyfactory.plugins.shared import SharedPool
 
 if TYPE_CHECKING:
     from autopyfactory.config.models import AuthProfile, QueueConfig
@@ -178,35 +179,10 @@ class CloudApi(Protocol):
     def close(self) -> None: ...
 
 
-class ApiPool:
+class ApiPool(SharedPool[CloudApi]):
     """One API adapter per endpoint, shared by the endpoint's status poll and every queue there:
     boto3 clients and SDK connections are costly (a parsed service model each) and thread-safe,
     so 10,000 queues on one region hold one, not 10,000."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[Hashable, tuple[CloudApi, int]] = {}
-
-    def acquire(self, key: Hashable, create: Callable[[], CloudApi]) -> CloudApi:
-        with self._lock:
-            api, refs = self._items.get(key, (None, 0))
-            if api is None:
-                api = create()
-            self._items[key] = (api, refs + 1)
-            return api
-
-    def release(self, api: CloudApi) -> None:
-        with self._lock:
-            for key, (item, refs) in list(self._items.items()):
-                if item is api:
-                    if refs > 1:
-                        self._items[key] = (item, refs - 1)
-                        return
-                    del self._items[key]
-                    break
-            else:
-                return
-        api.close()
 
 
 APIS = ApiPool()

@@ -8,11 +8,10 @@ and this module imports the implementations: no import cycle.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from autopyfactory.plugins.base import PluginError
+from autopyfactory.plugins.shared import SharedPool
 from autopyfactory.plugins.transport.base import Transport
 from autopyfactory.plugins.transport.local import LocalTransport
 from autopyfactory.plugins.transport.ssh import SSHTransport
@@ -21,35 +20,8 @@ if TYPE_CHECKING:
     from autopyfactory.plugins.base import FactoryContext
 
 
-class TransportPool:
+class TransportPool(SharedPool[Transport]):
     """Reference-counted transports by key; the last ``release`` closes one."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[Hashable, tuple[Transport, int]] = {}
-
-    def acquire(self, key: Hashable, create: Callable[[], Transport]) -> Transport:
-        with self._lock:
-            if key in self._items:
-                transport, refs = self._items[key]
-                self._items[key] = (transport, refs + 1)
-                return transport
-            transport = create()
-            self._items[key] = (transport, 1)
-            return transport
-
-    def release(self, transport: Transport) -> None:
-        with self._lock:
-            for key, (item, refs) in list(self._items.items()):
-                if item is transport:
-                    if refs > 1:
-                        self._items[key] = (item, refs - 1)
-                        return
-                    del self._items[key]
-                    break
-            else:
-                return
-        transport.close()
 
 
 POOL = TransportPool()
