@@ -593,3 +593,54 @@ def panda_queue_section(url: str, wmsqueue: str, *extra: str, sched: str = "Read
         *extra,
     ]
     return "\n".join(lines) + "\n"
+
+
+# -- as a process, for demos (scripts/demo-elastic.sh) -------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.fakepanda --jobs FILE [--port N] [--url-file PATH]``: serve until SIGTERM.
+
+    The job counts come from FILE, JSON ``{"SITE": {"activated": 4, "running": 0}}``, re-read
+    whenever it changes (write it atomically: a temporary file, then rename); the base URL of the
+    API (``http://127.0.0.1:<port>/api/v1``) is printed and written to ``--url-file``."""
+    import argparse
+    import os
+    import signal
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--jobs", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--url-file", type=Path)
+    args = parser.parse_args(argv)
+    fake = FakePanda()
+    fake.port = args.port
+    fake.start()
+    print(fake.api_url, flush=True)
+    if args.url_file:
+        args.url_file.write_text(fake.api_url + "\n")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    seen: float | None = None
+    while not stopping.is_set():
+        try:
+            mtime = os.stat(args.jobs).st_mtime
+            if mtime != seen:
+                jobs = json.loads(args.jobs.read_text())
+                fake.clear()
+                for site, states in jobs.items():
+                    for status, n in states.items():
+                        fake.set_jobs(site, status, int(n))
+                seen = mtime
+                print(f"{time.strftime('%H:%M:%S')} jobs: {json.dumps(jobs)}", flush=True)
+        except (OSError, ValueError) as exc:
+            print(f"cannot read {args.jobs}: {exc}", flush=True)
+        stopping.wait(0.5)
+    fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
