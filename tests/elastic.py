@@ -39,22 +39,9 @@ cloudkey.access_key_id = testing
 cloudkey.secret_access_key = testing
 """
 
-# What the VM image's contextualisation does: start slurmd for the slot it was given (the stand-in
-# passes the metadata service's answers in the environment) and advertise its instance id.
-USER_DATA = """#!/bin/sh
-# autopyfactory VM of {{ factory_id }}, queue {{ queue }}: joins the Slurm pool {{ pool_address }}
-# lease fuse: {{ max_lifetime_minutes }} min (a real image would arm `shutdown -h` here)
-export SLURM_CONF={{ pool_address }}
-NODE="$APF_VM_HOSTNAME"
-slurmd -D -N "$NODE" >/dev/null 2>&1 &
-i=0
-until scontrol show node "$NODE" >/dev/null 2>&1; do
-  i=$((i + 1)); [ "$i" -gt 600 ] && exit 1; sleep 0.1
-done
-scontrol update nodename="$NODE" comment="$APF_VM_INSTANCE_ID"
-echo "joined the pool as $NODE"
-wait
-"""
+# What the VM image's contextualisation does: the shipped example's user data (start slurmd for the
+# slot it was given, advertise its instance id), so the tests run what operators copy.
+USER_DATA = (Path(__file__).resolve().parents[1] / "examples" / "elastic" / "vm-user-data.sh").read_text()
 
 # A pilot that "runs its job" until released: a file named after its job id (or "all") in FLAGS.
 PILOT = """#!/bin/sh
