@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from autopyfactory.config.errors import ConfigError
 from autopyfactory.config.loader import load_queue_sections
 from autopyfactory.config.models import FactorySettings, QueueConfig
 from autopyfactory.model import PilotState, PilotTags
 from autopyfactory.plugins.base import BackendError, FactoryContext, load
-from autopyfactory.config.errors import ConfigError
 from autopyfactory.sim.batch import (
     SimStatus,
     SimSubmit,
@@ -170,7 +170,9 @@ def test_refusal_windows_count_from_the_sites_start(
 def test_bad_refusal_windows_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     assert parse_windows(" 1h-2h ,, 60-90") == ((60.0, 90.0), (3600.0, 7200.0))
     conf = tmp_path / "queues.conf"
-    conf.write_text(f"[Q]\nbatchsubmitplugin = Sim\nbatchstatusplugin = Sim\nbatchsubmit.sim.refuse = {text}\n")
+    conf.write_text(
+        f"[Q]\nbatchsubmitplugin = Sim\nbatchstatusplugin = Sim\nbatchsubmit.sim.refuse = {text}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_queue_sections([str(conf)])
     assert "refuse" in str(info.value) and message in str(info.value)

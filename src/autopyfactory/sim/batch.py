@@ -448,6 +448,11 @@ class SimSubmitOptions(SubmitOptions):
         "'20m-25m, 2h-2h30m'",
     )
     site: str | None = Field(None, description="site name (default: the queue name); queues may share one")
+    cost_per_hour: float | None = Field(
+        None,
+        ge=0,
+        description="price of a pilot-hour here, for simulation reports (a policy tier's own wins)",
+    )
 
     @field_validator("refuse")
     @classmethod
@@ -455,11 +460,6 @@ class SimSubmitOptions(SubmitOptions):
         if value is not None:
             parse_windows(value)
         return value
-    cost_per_hour: float | None = Field(
-        None,
-        ge=0,
-        description="price of a pilot-hour here, for simulation reports (a policy tier's own wins)",
-    )
 
 
 def _site_name(queue: QueueConfig) -> str:
