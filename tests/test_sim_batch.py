@@ -10,11 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from autopyfactory.config.errors import ConfigError
 from autopyfactory.config.loader import load_queue_sections
 from autopyfactory.config.models import FactorySettings, QueueConfig
 from autopyfactory.model import PilotState, PilotTags
 from autopyfactory.plugins.base import BackendError, FactoryContext, load
-from autopyfactory.sim.batch import SimStatus, SimSubmit, SimWorld, reset_world, set_world, world
+from autopyfactory.sim.batch import (
+    SimStatus,
+    SimSubmit,
+    SimWorld,
+    parse_windows,
+    reset_world,
+    set_world,
+    world,
+)
 from autopyfactory.sim.clock import VirtualClock
 
 T0 = 1_800_000_000.0
@@ -36,6 +45,9 @@ batchsubmit.sim.drain_time = 120
 [B]
 batchsubmit.sim.capacity = 2
 batchsubmit.sim.fail_when_over = 3
+
+[R]
+batchsubmit.sim.refuse = 10m-15m, 3600-3660
 
 [S1]
 batchsubmit.sim.site = shared
@@ -129,6 +141,41 @@ def test_capacity_error(clock: VirtualClock, queues: dict[str, QueueConfig]) -> 
     assert "at most 3" in str(info.value)
     # nothing of the refused request exists
     assert len(poller(queues["B"]).poll(T0).pilots) == 3
+
+
+def test_refusal_windows_count_from_the_sites_start(
+    clock: VirtualClock, queues: dict[str, QueueConfig]
+) -> None:
+    sub = submitter(queues["R"])  # the site comes up now (T0): the windows count from here
+    assert len(sub.submit(1, PilotTags("f1", "R", "a"), T0 + 599)) == 1
+    for t in (T0 + 600, T0 + 899, T0 + 3600):
+        with pytest.raises(BackendError) as info:
+            sub.submit(2, PilotTags("f1", "R", "b"), t)
+        assert info.value.capacity is True and "refusal window" in str(info.value)
+    assert len(sub.submit(1, PilotTags("f1", "R", "c"), T0 + 900)) == 1  # half-open: [600, 900)
+    assert len(sub.submit(1, PilotTags("f1", "R", "d"), T0 + 3660)) == 1
+    assert len(poller(queues["R"]).poll(T0 + 3660).pilots) == 3  # nothing of a refused request exists
+    # the origin survives a stop and resume
+    restored = set_world(SimWorld.load(json.loads(json.dumps(world().dump())), VirtualClock(T0 + 3600)))
+    site = restored.site("R")
+    assert site.origin == T0 and site.params.refuse == ((600.0, 900.0), (3600.0, 3660.0))
+    with pytest.raises(BackendError):
+        site.submit(1, PilotTags("f1", "R", "e"), T0 + 3630)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("10m", "is not 'from-to'"), ("15m-10m", "ends before it starts"), ("a-b", "not a duration")],
+)
+def test_bad_refusal_windows_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    assert parse_windows(" 1h-2h ,, 60-90") == ((60.0, 90.0), (3600.0, 7200.0))
+    conf = tmp_path / "queues.conf"
+    conf.write_text(
+        f"[Q]\nbatchsubmitplugin = Sim\nbatchstatusplugin = Sim\nbatchsubmit.sim.refuse = {text}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_queue_sections([str(conf)])
+    assert "refuse" in str(info.value) and message in str(info.value)
 
 
 def test_cancel_and_retire(clock: VirtualClock, queues: dict[str, QueueConfig]) -> None:

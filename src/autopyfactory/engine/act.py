@@ -217,7 +217,12 @@ class CompletionHandler:
             backoff,
             state.error,
         )
-        self.recorder.event("action-failed", f"{target}: {state.error} (backing off {backoff:.0f}s)", rt.name)
+        self.recorder.event(
+            "action-failed",
+            f"{target}: {state.error} (backing off {backoff:.0f}s)",
+            rt.name,
+            time=completion.finished,
+        )
         for observer in self.observers:
             safe(observer.on_action_failed, rt.name, target, state.error or "")
 
@@ -231,10 +236,13 @@ class CompletionHandler:
         cr.backoff_until[rt.name] = until
         cr.redrive = True
         kind = "capacity" if completion.capacity else "failure"
+        # stamped when the backend refused, not when the loop took the news: the spill this
+        # causes is recorded at the start of a later pass and must not sort before its cause
         self.recorder.event(
             "backoff",
             f"tier {rt.name} backed off until {until:.0f} after a {kind}: {completion.error}",
             cr.label,
+            time=completion.finished,
         )
 
 

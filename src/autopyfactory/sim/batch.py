@@ -5,7 +5,9 @@ queues share one): ``capacity`` slots, pilots beyond them stay pending; a pilot 
 ``start_delay`` seconds after submission, when a slot is free (first come, first served), and
 ends ``runtime`` seconds after it started. ``fail_when_over`` makes the site refuse a submission
 that would take its pilots (pending + running) above that number, with a capacity error, as a
-full cloud or an exhausted allocation does.
+full cloud or an exhausted allocation does; ``refuse`` gives time windows (seconds from the site's
+creation, i.e. the factory's start) in which it refuses every submission with a capacity error, as
+a cloud answering InsufficientInstanceCapacity for a while does.
 
 Sites live in a process-wide ``SimWorld`` (``world()``), so the status plugin, one per site,
 sees what the submit plugin created. Time is whatever the caller passes (``submit``/``poll``
@@ -25,9 +27,10 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from autopyfactory.config.policy import Duration
+from autopyfactory.decide.periods import parse_duration
 from autopyfactory.model import BatchSnapshot, Pilot, PilotState, PilotTags
 from autopyfactory.plugins.base import (
     BackendError,
@@ -80,6 +83,24 @@ class SiteParams:
     runtime: float = 3600.0
     fail_when_over: int | None = None
     drain_time: float = 0.0
+    refuse: tuple[tuple[float, float], ...] = ()  # [from, to) seconds from the site's origin
+
+
+def parse_windows(text: str) -> tuple[tuple[float, float], ...]:
+    """'20m-25m, 3600-4000' -> ((1200, 1500), (3600, 4000)): half-open windows, sorted."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        start, sep, end = item.partition("-")
+        if not sep:
+            raise ValueError(f"window {item!r} is not 'from-to' (seconds or durations from the start)")
+        a, b = parse_duration(start.strip()), parse_duration(end.strip())
+        if b <= a:
+            raise ValueError(f"window {item!r} ends before it starts")
+        out.append((a, b))
+    return tuple(sorted(out))
 
 
 Listener = Callable[[str, str, Pilot], None]  # (site, "submit" | "start" | "end", pilot)
@@ -88,10 +109,11 @@ Listener = Callable[[str, str, Pilot], None]  # (site, "submit" | "start" | "end
 class SimSite:
     """One simulated batch system. Not thread-safe on its own: the world's lock guards it."""
 
-    def __init__(self, name: str, params: SiteParams, world: SimWorld) -> None:
+    def __init__(self, name: str, params: SiteParams, world: SimWorld, origin: float = 0.0) -> None:
         self.name = name
         self.params = params
         self.world = world
+        self.origin = origin  # when the site came up: ``refuse`` windows count from here
         self.t = float("-inf")  # time the site has been advanced to
         self.seq = 0
         self.pilots: dict[str, _SimPilot] = {}  # pending, running, retiring
@@ -193,6 +215,15 @@ class SimSite:
 
     def submit(self, n: int, tags: PilotTags, now: float) -> list[Pilot]:
         self.advance(now)
+        elapsed = now - self.origin
+        for start, end in self.params.refuse:
+            if start <= elapsed < end:
+                raise BackendError(
+                    f"sim:{self.name}",
+                    f"refused {n} pilot(s): no capacity ({elapsed:.0f}s from the start, in the "
+                    f"refusal window {start:.0f}-{end:.0f}s)",
+                    capacity=True,
+                )
         limit = self.params.fail_when_over
         if limit is not None and len(self.pilots) + n > limit:
             raise BackendError(
@@ -293,7 +324,9 @@ class SimSite:
                 "runtime": self.params.runtime,
                 "fail_when_over": self.params.fail_when_over,
                 "drain_time": self.params.drain_time,
+                "refuse": [list(w) for w in self.params.refuse],
             },
+            "origin": self.origin,
             "t": self.t if self.t != float("-inf") else None,
             "seq": self.seq,
             "totals": [self.started, self.ended, self.cancelled, self.pilot_seconds],
@@ -302,6 +335,7 @@ class SimSite:
 
     def _restore(self, data: dict[str, Any]) -> None:
         self.t = data["t"] if data.get("t") is not None else float("-inf")
+        self.origin = float(data.get("origin", 0.0))
         self.seq = int(data["seq"])
         self.started, self.ended, self.cancelled, self.pilot_seconds = data["totals"]
         for item in data["pilots"]:
@@ -342,7 +376,7 @@ class SimWorld:
         with self.lock:
             site = self.sites.get(name)
             if site is None:
-                site = self.sites[name] = SimSite(name, params or SiteParams(), self)
+                site = self.sites[name] = SimSite(name, params or SiteParams(), self, self.clock.now())
             elif params is not None and params != site.params:
                 site.params = params
             return site
@@ -368,7 +402,9 @@ class SimWorld:
     def load(cls, data: dict[str, Any], clock: Clock | None = None) -> SimWorld:
         world = cls(clock)
         for name, item in data.get("sites", {}).items():
-            site = world.site(name, SiteParams(**item["params"]))
+            params = dict(item["params"])
+            params["refuse"] = tuple((float(a), float(b)) for a, b in params.get("refuse", ()))
+            site = world.site(name, SiteParams(**params))
             site._restore(item)
         return world
 
@@ -406,12 +442,24 @@ class SimSubmitOptions(SubmitOptions):
         None, ge=0, description="refuse (capacity error) a submission that takes the site above this"
     )
     drain_time: Duration = Field(0.0, description="a retired (drained) pilot ends this long after retire")
+    refuse: str | None = Field(
+        None,
+        description="refuse every submission (capacity error) in these windows from the start, "
+        "'20m-25m, 2h-2h30m'",
+    )
     site: str | None = Field(None, description="site name (default: the queue name); queues may share one")
     cost_per_hour: float | None = Field(
         None,
         ge=0,
         description="price of a pilot-hour here, for simulation reports (a policy tier's own wins)",
     )
+
+    @field_validator("refuse")
+    @classmethod
+    def _refuse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_windows(value)
+        return value
 
 
 def _site_name(queue: QueueConfig) -> str:
@@ -435,6 +483,7 @@ class SimSubmit(BatchSubmitPlugin):
             runtime=options.runtime,
             fail_when_over=options.fail_when_over,
             drain_time=options.drain_time,
+            refuse=parse_windows(options.refuse) if options.refuse else (),
         )
         w = world()
         w.site(self.site_name, self.params)

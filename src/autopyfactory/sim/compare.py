@@ -108,10 +108,16 @@ def site_differences(configurations: Sequence[Configuration]) -> list[str]:
             if not isinstance(options, SimSubmitOptions):
                 continue
             site = options.site or qc.name
-            params = (options.capacity, options.start_delay, options.runtime, options.fail_when_over)
+            params = (
+                options.capacity,
+                options.start_delay,
+                options.runtime,
+                options.fail_when_over,
+                options.refuse,
+            )
             if site in seen and seen[site][1] != params:
                 out.append(
-                    f"site {site}: {cfg.label} has capacity/start_delay/runtime/fail_when_over {params}, "
+                    f"site {site}: {cfg.label} has capacity/start_delay/runtime/fail_when_over/refuse {params}, "
                     f"{seen[site][0]} has {seen[site][1]}"
                 )
             seen.setdefault(site, (cfg.label, params))
