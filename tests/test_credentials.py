@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from autopyfactory.config.loader import load_factory_config
 from autopyfactory.credentials import CredentialHealth, CredentialManager, HealthState, gate
 from autopyfactory.credentials.proxy import (
     ProxyError,
@@ -30,7 +31,7 @@ from autopyfactory.credentials.proxy import (
 from autopyfactory.credentials.token import jwt_expiry
 from autopyfactory.credentials.x509 import X509Credential, valid_hm
 from conftest import build_factory
-from tests.helpers import wait_for
+from tests.helpers import factory_conf, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -56,7 +57,12 @@ def x509_keys(grid_ca, voms_server, proxyfile: Path, **extra: str) -> dict[str, 
     return keys
 
 
-def manager_for(tmp_path: Path, auth: dict, events: list | None = None) -> CredentialManager:  # type: ignore[type-arg]
+def manager_for(
+    tmp_path: Path,
+    auth: dict,  # type: ignore[type-arg]
+    events: list | None = None,  # type: ignore[type-arg]
+    period: float = 3600.0,
+) -> CredentialManager:
     factory = build_factory("credtest", auth=auth)
     record = (lambda n, o, h: events.append((n, h))) if events is not None else None
     return CredentialManager(
@@ -64,6 +70,7 @@ def manager_for(tmp_path: Path, auth: dict, events: list | None = None) -> Crede
         factory_id="credtest",
         state_dir=tmp_path / "state",
         on_change=record,
+        period=period,
     )
 
 
@@ -505,6 +512,30 @@ def test_ssh_and_cloud_keys_checked_for_presence_permissions_and_passphrase(tmp_
     key.chmod(0o644)
     assert "accessible by group or others" in (manager.check_now("good").error or "")
     assert all(passphrase not in repr(x) for x in manager.all_health().values())
+
+
+QUEUE = (
+    "[Q]\nwmsstatusplugin = Sim\nbatchstatusplugin = Local\nbatchsubmitplugin = Local\nschedplugin = Ready\n"
+)
+
+
+def test_authmanager_sleep_is_the_period_of_key_checks(tmp_path: Path) -> None:
+    """``[Factory] authmanager.sleep``: how soon a key replaced or removed behind the factory's back
+    is noticed (SSH and cloud keys have no checktime of their own)."""
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    events: list = []  # type: ignore[type-arg]
+    manager = manager_for(tmp_path, {"hpc": ("SSH", {"ssh.privatekeyfile": str(key)})}, events, period=1.0)
+    manager.start()
+    try:
+        assert manager.health("hpc").state is HealthState.OK
+        key.unlink()  # nothing asks the manager to look: its own schedule must
+        wait_for(lambda: manager.health("hpc").state is HealthState.FAILING, 30, "the removed key noticed")
+        assert "does not exist" in (manager.health("hpc").error or "")
+    finally:
+        manager.stop()
+    config = load_factory_config(str(factory_conf(tmp_path, QUEUE, "authmanager.sleep = 7")))
+    assert config.settings.authmanager_sleep == 7.0 and not config.warnings
 
 
 def test_unknown_profiles_and_kinds_are_clear_errors(tmp_path: Path) -> None:

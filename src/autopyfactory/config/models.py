@@ -160,7 +160,11 @@ class FactorySettings(_Keys):
     )
     authmanager_enabled: bool = Field(True, alias="authmanager.enabled", description="read authConf profiles")
     authmanager_sleep: float = Field(
-        30.0, alias="authmanager.sleep", ge=1.0, le=86400.0, description="period of the credential checks"
+        30.0,
+        alias="authmanager.sleep",
+        ge=1.0,
+        le=86400.0,
+        description="seconds between checks of profiles without a checktime of their own (SSH keys, cloud keys)",
     )
     authConf: str | None = Field(None, description="auth.conf sources (comma list)")
     proxyConf: str | None = Field(

@@ -25,10 +25,11 @@ class ManagedCredential(ABC):
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, name: str, options: Any, runner: Runner) -> None:
+    def __init__(self, name: str, options: Any, runner: Runner, period: float = 3600.0) -> None:
         self.name = name
         self.options = options
         self.runner = runner
+        self.period = period  # [Factory] authmanager.sleep, for kinds without a checktime
 
     @abstractmethod
     def inspect(self, now: float) -> CredentialHealth:
@@ -43,8 +44,8 @@ class ManagedCredential(ABC):
         return False
 
     def next_check(self, health: CredentialHealth, now: float) -> float:
-        """When to check again."""
-        return now + 3600.0
+        """When to check again: every ``period`` unless the kind has a schedule of its own."""
+        return now + self.period
 
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in output or errors (scrubbed from tool output)."""

@@ -13,8 +13,6 @@ from autopyfactory.credentials.health import CredentialHealth, HealthState
 from autopyfactory.plugins.auth.cloudkey import CloudKeyOptions
 from autopyfactory.plugins.auth.ssh import SSH, SSHOptions
 
-CHECK_EVERY = 3600.0
-
 
 def private_file_problem(path: Path, private: bool = True) -> str | None:
     """Why a key file is not usable (missing, unreadable, empty, or, when ``private``, open to others)."""
@@ -97,9 +95,6 @@ class SSHKeyCredential(ManagedCredential):
             detail += f" (known_hosts {known} is missing: host keys cannot be checked)"
         return self.health(HealthState.OK, now, detail=detail)
 
-    def next_check(self, health: CredentialHealth, now: float) -> float:
-        return now + CHECK_EVERY
-
 
 class CloudKeyCredential(ManagedCredential):
     kind = "CloudKey"
@@ -127,6 +122,3 @@ class CloudKeyCredential(ManagedCredential):
             if problem:
                 return self.health(HealthState.FAILING, now, error=problem)
         return self.health(HealthState.OK, now, detail=o.region or None)
-
-    def next_check(self, health: CredentialHealth, now: float) -> float:
-        return now + CHECK_EVERY

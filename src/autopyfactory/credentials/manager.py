@@ -65,6 +65,7 @@ class CredentialManager:
         on_change: OnChange | None = None,
         clock: Callable[[], float] = time.time,
         workers: int = 4,
+        period: float = 3600.0,
     ) -> None:
         self.factory_id = factory_id
         self.state_dir = Path(state_dir).expanduser() if state_dir is not None else None
@@ -77,7 +78,7 @@ class CredentialManager:
             if cls is None:
                 log.warning("auth profile %s: plugin %s is not managed (no health)", name, profile.plugin)
                 continue
-            self._creds[name] = cls(name, profile.options, self.runner)
+            self._creds[name] = cls(name, profile.options, self.runner, period)
         self._health: dict[str, CredentialHealth] = {}
         self._due: dict[str, float] = {}
         self._running: set[str] = set()

@@ -314,6 +314,7 @@ class Factory:
             state_dir=config.settings.state_path,
             on_change=self._credential_changed,
             clock=self.clock,
+            period=config.settings.authmanager_sleep,
         )
 
     def _credential_changed(self, name: str, old: CredentialHealth | None, new: CredentialHealth) -> None:
