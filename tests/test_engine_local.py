@@ -136,6 +136,46 @@ def test_negative_decision_is_a_noop_unless_the_queue_allows_it(tmp: Path) -> No
     factory.shutdown()
 
 
+def test_idle_cancellation_through_the_engine_cancels_pending_keeps_running_and_is_explained(
+    tmp: Path,
+) -> None:
+    """``cancel.excess_pending`` on a peaceful queue, through the real engine: when demand drops to
+    0, the two pilots still pending are cancelled in the backend, the running one is kept, a
+    ``cancel-idle`` event is stored and ``apf explain`` shows the Cancel step."""
+    extra = "batchsubmit.local.slots = 1\n"
+    conf = factory_conf(tmp, queues(tmp, activated=3, extra=extra))
+    factory = Factory(load_factory_config(str(conf)))
+    factory.step(poll_all=True)
+    wait_for(
+        lambda: factory.step(poll_all=True) is not None and factory.queues["LOCALQ"].last.pending == 2,
+        20,
+        "1 running + 2 pending",
+    )
+    factory.shutdown()
+    write(tmp / "queues.conf", queues(tmp, activated=0, extra=extra + "cancel.excess_pending = True\n"))
+    config = load_factory_config(str(conf))
+    factory = Factory(config)
+    plans = factory.step(poll_all=True)
+    cancels = [a for a in plans[0].actions if isinstance(a, Cancel)]
+    assert len(cancels) == 1 and len(cancels[0].backend_ids) == 2
+    assert [s.plugin for s in plans[0].decision.steps][-1] == "Cancel"
+    wait_for(
+        lambda: factory.step(poll_all=True) is not None and factory.queues["LOCALQ"].last.pending == 0,
+        20,
+        "the idle pilots cancelled",
+    )
+    assert factory.queues["LOCALQ"].last.running == 1  # the running pilot is never cancelled
+    factory.shutdown()
+    store = Store(config.settings.database_url(), readonly=True)
+    kinds = [e["kind"] for e in store.events("test-factory", "LOCALQ")]
+    assert kinds.count("cancel-idle") == 1
+    explained = subprocess.run(
+        [APF, "explain", "LOCALQ", "--conf", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    assert "Cancel" in explained.stdout and "cancel-idle" in explained.stdout
+
+
 def _daemon(conf: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [APF, "run", "--conf", str(conf), "--no-table", "--log", str(conf.parent / "apf.log"), *args],
