@@ -301,7 +301,7 @@ def tags(inst: dict[str, Any]) -> dict[str, str]:
 
 
 def only_instance(ec2: EC2Server) -> dict[str, Any] | None:
-    found = ec2.instances(tag_apf_queue="PS")
+    found = [i for i in ec2.instances() if tags(i).get("apf:queue") == "PS"]
     assert len(found) <= 1, [i["InstanceId"] for i in found]
     return found[0] if found else None
 
@@ -415,7 +415,7 @@ def test_a_node_that_misses_resume_timeout_has_its_vm_written_off(
         out = cluster.run("sbatch", "--parsable", "-p", cluster.partition, "--wrap", "true")
         assert out.returncode == 0, out.stderr
         t0 = time.time()
-        inst = wait_for(only_instance, 60, "the factory to create a VM")
+        inst = wait_for(lambda: only_instance(ec2), 60, "the factory to create a VM")
         assert isinstance(inst, dict) and inst["State"]["Name"] == "pending"
         iid = inst["InstanceId"]
         node = wait_for(
