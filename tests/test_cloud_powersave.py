@@ -444,3 +444,55 @@ def test_a_node_that_misses_resume_timeout_has_its_vm_written_off(
         )
     finally:
         stop_daemon(daemon)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_pool_ignores_nodes_still_powering_up_and_powers_down_a_node_whose_vm_is_gone(
+    slurm_powersave: PowerSaveCluster, make_factory: Any, tmp_path: Path
+) -> None:
+    """Plugin level on the real cluster: a node carrying a VM's id while POWERING_UP has not
+    joined; a node that is up when its VM is gone is released with POWER_DOWN_FORCE."""
+    from autopyfactory.plugins.cloud.pools import PoolKind, PoolSpec, PowerSavePool
+
+    cluster = slurm_powersave
+    cluster.reset()
+    a, b = cluster.nodes[0], cluster.nodes[1]
+    pool = PowerSavePool(
+        PoolSpec(
+            PoolKind.SLURM_POWERSAVE,
+            "comment",
+            slurm_conf=str(cluster.cluster.conf),
+            spool=str(cluster.spool),
+        ),
+        make_factory(FACTORY),
+    )
+    slurmd = None
+    try:
+        # a: Slurm powers it up (ResumeProgram writes a request); it carries i-a but has not joined
+        assert cluster.run("scontrol", "update", f"nodename={a}", "state=POWER_UP").returncode == 0
+        wait_for(lambda: "POWERING_UP" in cluster.state(a), 30, f"{a} powering up")
+        cluster.run("scontrol", "update", f"nodename={a}", "comment=i-0aaaaaaaaaaaaaaaa")
+        # b: a slurmd started by hand registers as if booted; it carries i-b
+        slurmd = subprocess.Popen(
+            ["/usr/sbin/slurmd", "-b", "-D", "-N", b],
+            env={**cluster.cluster.env, "PATH": "/usr/sbin:/usr/bin:/bin"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: {"IDLE", "CLOUD"} == cluster.state(b), 30, f"{b} up")
+        cluster.run("scontrol", "update", f"nodename={b}", "comment=i-0bbbbbbbbbbbbbbbb")
+        found = pool.nodes(["i-0aaaaaaaaaaaaaaaa", "i-0bbbbbbbbbbbbbbbb"])
+        assert list(found) == ["i-0bbbbbbbbbbbbbbbb"] and found["i-0bbbbbbbbbbbbbbbb"].name == b
+        pool.release([found["i-0bbbbbbbbbbbbbbbb"]])
+        assert not cluster.node(b).get("Comment")
+        wait_for(lambda: any(b in c for c in calls(cluster, "suspend")), 30, f"SuspendProgram for {b}")
+        assert {"POWERING_DOWN", "POWERED_DOWN"} & cluster.state(b)
+    finally:
+        if slurmd is not None:
+            slurmd.terminate()
+            slurmd.wait(timeout=30)
+        pool.close()
+        cluster.reset()
