@@ -394,7 +394,8 @@ class CloudSubmit(BatchSubmitPlugin):
             # a pool that pairs VMs with nodes (power saving) does it now, not a cycle later
             try:
                 view = self.view(now)
-                known = [i for i in (view.instances if view else ()) if i.id not in {x.id for x in launched}]
+                new = {i.id for i in launched}
+                known = [i for i in (view.instances if view else ()) if i.id not in new]
                 self.pool.tend([*known, *launched], self.terminate, now, cancel_surplus=False)
             except BackendError as exc:
                 log.warning(
@@ -454,9 +455,19 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def cleanup(self, pilots: Sequence[Pilot], now: float) -> None:
         view = self.view(now)
+        failed: BackendError | None = None
         if view is not None and self.pool is not None:
-            # every cycle: the pool's own requests (power saving) do not wait for a new view
-            self.pool.tend(view.instances, self.terminate, now)
+            # every cycle: the pool's own requests (power saving) do not wait for a new view; a
+            # failure there does not hold up the life cycle below
+            try:
+                self.pool.tend(view.instances, self.terminate, now)
+            except BackendError as exc:
+                failed = exc
+        self._act_on(view)
+        if failed is not None:
+            raise failed
+
+    def _act_on(self, view: QueueView | None) -> None:
         if view is None or view.time == self._acted_on:
             return  # nothing new since we last acted
         # decide at the view's time: deadlines and graces against what was observed then
