@@ -390,7 +390,7 @@ class CloudSubmit(BatchSubmitPlugin):
             log.info("queue %s: %s launched %d VMs", self.queue.name, self.target(), n)
         pooled = self.policy.pooled
         launched = [Instance(i.id, VmState.PENDING, i.tags, i.launched_at or now) for i in created]
-        if self.pool is not None and launched:
+        if self.pool is not None and self.pool.pairs_vms and launched:
             # a pool that pairs VMs with nodes (power saving) does it now, not a cycle later
             try:
                 view = self.view(now)

@@ -87,6 +87,8 @@ class Pool(Protocol):
     """What the life cycle asks of a pool. Failures raise ``BackendError``."""
 
     label: str
+    #: the pool pairs each new VM with a node itself (``tend`` right after a launch)
+    pairs_vms: bool
 
     def nodes(self, instance_ids: Collection[str]) -> dict[str, PoolNode]:
         """instance id -> the node advertising it, for the ids given that have joined."""
@@ -247,6 +249,8 @@ def parse_scontrol_nodes(text: str, attribute: str = "any") -> list[tuple[str, N
 
 
 class SlurmPool:
+    pairs_vms = False
+
     def __init__(self, spec: PoolSpec, factory: FactoryContext) -> None:
         self.spec = spec
         self.label = spec.label
@@ -360,6 +364,8 @@ def _spool_lock(path: Path) -> threading.Lock:
 class PowerSavePool(SlurmPool):
     """A Slurm pool whose CLOUD nodes Slurm powers up and down (docs/slurm-powersave.md)."""
 
+    pairs_vms = True
+
     def __init__(self, spec: PoolSpec, factory: FactoryContext) -> None:
         super().__init__(spec, factory)
         self.spool = Path(spec.spool).expanduser() if spec.spool else factory.state_dir / "powersave"
@@ -446,6 +452,8 @@ class PowerSavePool(SlurmPool):
 
 class CondorPool:
     """Nodes from the collector (master and startd ads carrying the instance id attribute)."""
+
+    pairs_vms = False
 
     def __init__(self, spec: PoolSpec) -> None:
         from autopyfactory.plugins.batch.condor.schedd import Address
