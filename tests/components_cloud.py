@@ -9,6 +9,10 @@
 * ``vmboot``: the VM contextualisation stand-in (scripts/components/vmboot.py) for one test: it
   runs each running instance's user data (starting a slurmd for a FUTURE slot) and stops it when
   the instance goes.
+* ``slurm_powersave``: a Slurm cluster using its own power saving: three ``State=CLOUD`` nodes
+  c1..c3 in partition ``powersave`` whose ResumeProgram, SuspendProgram and ResumeFailProgram are
+  the factory's clients (examples/powersave/*.sh -> ``apf powersave``, writing to ``spool``);
+  ``vmboot_powersave`` runs each instance's user data with no slot (the VM finds its node).
 
 Each component is started by its script the first time a test asks for it and stopped at the end of
 the session if this session started it; one that cannot start FAILS the test.
@@ -31,7 +35,13 @@ import pytest
 
 from conftest import BASE_ROOT, COMPONENTS, SlurmCluster, _cluster, _Script
 
-_CLOUD_MARKERS = {"ec2_server": "ec2", "ec2": "ec2", "openstack_stub": "openstack", "slurm_cloud": "slurm"}
+_CLOUD_MARKERS = {
+    "ec2_server": "ec2",
+    "ec2": "ec2",
+    "openstack_stub": "openstack",
+    "slurm_cloud": "slurm",
+    "slurm_powersave": "slurm",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -298,3 +308,133 @@ def vmboot(ec2: EC2Server, slurm_cloud: CloudPool, tmp_path: Path) -> Iterator[V
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         slurm_cloud.reset_slots()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm power saving: CLOUD nodes powered up and down by the factory's clients
+
+REPO = COMPONENTS.parents[1]
+
+
+@dataclass(frozen=True)
+class PowerSaveCluster:
+    """Slurm with CLOUD nodes ``nodes`` in ``partition``; its power-saving programs are
+    examples/powersave/{resume,suspend,resumefail}.sh writing to ``spool`` (and to ``calls``)."""
+
+    cluster: SlurmCluster
+    nodes: tuple[str, ...]
+    partition: str
+    spool: Path
+    calls: Path  # the programs' output: one line per call
+
+    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.cluster.run(*argv, timeout=timeout)
+
+    def node(self, name: str) -> dict[str, str]:
+        from autopyfactory.plugins.cloud.pools import parse_scontrol_fields
+
+        out = self.run("scontrol", "show", "node", "-o", name)
+        return parse_scontrol_fields(out.stdout.strip()) if out.returncode == 0 else {}
+
+    def state(self, name: str) -> set[str]:
+        """The node's state words, e.g. {"IDLE", "CLOUD", "POWERED_DOWN"}."""
+        return set(self.node(name).get("State", "").split("+")) - {""}
+
+    def powered_down(self) -> bool:
+        """Every CLOUD node idle~: powered down, not down, no Comment."""
+        return all(
+            {"IDLE", "POWERED_DOWN"} <= self.state(n) and not self.node(n).get("Comment") for n in self.nodes
+        )
+
+    def reset(self) -> None:
+        """No jobs, every node powered down with no Comment, an empty spool."""
+        import shutil
+
+        from tests.helpers import wait_for
+
+        self.run("scancel", "--partition", self.partition)
+        names = ",".join(self.nodes)
+        self.run("scontrol", "update", f"nodename={names}", "comment=")
+        for n in self.nodes:
+            state = self.state(n)
+            if "DOWN" in state:
+                self.run("scontrol", "update", f"nodename={n}", "state=RESUME")
+            elif not {"POWERED_DOWN", "POWERING_DOWN"} & state:
+                self.run("scontrol", "update", f"nodename={n}", "state=POWER_DOWN_FORCE")
+        wait_for(self.powered_down, 60, f"{names} to be powered down")
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_powersave() -> Iterator[PowerSaveCluster]:
+    import shutil
+
+    programs = BASE_ROOT / "powersave-programs"
+    programs.mkdir(parents=True, exist_ok=True)
+    spool = BASE_ROOT / "powersave-spool"
+    calls = programs / "calls.log"
+    for op in ("resume", "suspend", "resumefail"):
+        shutil.copy(REPO / "examples" / "powersave" / f"{op}.sh", programs / f"{op}.sh")
+    # the examples' settings file, pointing at this checkout's apf and a test spool
+    apf = Path(sys.executable).parent / "apf"
+    (programs / "powersave.env").write_text(
+        f"APF={apf}\nAPF_POWERSAVE_SPOOL={spool}\nAPF_POWERSAVE_LOG={calls}\n"
+    )
+    script = _Script(
+        "slurm-powersave",
+        COMPONENTS / "slurm.sh",
+        {
+            "APF_SLURM_BASE": str(BASE_ROOT / "slurm-powersave"),
+            "APF_SLURM_ACCOUNTING": "0",
+            "APF_SLURM_NODES": "1",
+            "APF_SLURM_CLOUD": "3",
+            "APF_SLURM_CLUSTER": "apfpower",
+            "APF_SLURM_RESUME_PROGRAM": str(programs / "resume.sh"),
+            "APF_SLURM_SUSPEND_PROGRAM": str(programs / "suspend.sh"),
+            "APF_SLURM_RESUMEFAIL_PROGRAM": str(programs / "resumefail.sh"),
+            "APF_SLURM_SUSPEND_TIME": "10",
+            "APF_SLURM_SUSPEND_TIMEOUT": "5",
+            "APF_SLURM_RESUME_TIMEOUT": "30",
+        },
+    )
+    info = script.start()
+    cluster = PowerSaveCluster(
+        _cluster(script, info),
+        tuple(info["APF_SLURM_CLOUD_NODES"].split(",")),
+        info["APF_SLURM_CLOUD_PARTITION"],
+        spool,
+        calls,
+    )
+    try:
+        yield cluster
+    finally:
+        script.stop()
+
+
+@pytest.fixture
+def vmboot_powersave(ec2: EC2Server, slurm_powersave: PowerSaveCluster, tmp_path: Path) -> Iterator[VmBoot]:
+    """vmboot.py for this test, no slots: each VM of factory ``cloudtest`` finds its node itself."""
+    slurm_powersave.reset()
+    log_path = tmp_path / "vmboot.log"
+    state = tmp_path / "vms"
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, str(COMPONENTS / "vmboot.py"),
+                "--endpoint", ec2.url, "--region", ec2.region, "--state", str(state),
+                "--tag", "apf:factory=cloudtest", "--slurm-conf", str(slurm_powersave.cluster.conf),
+                "--interval", "0.2",
+            ],
+            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+    boot = VmBoot(proc, log_path, state)
+    try:
+        yield boot
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        slurm_powersave.reset()

@@ -29,6 +29,14 @@
 #   APF_SLURM_FUTURE_PORT [random 27000-29999]  first FUTURE slurmd port. Nothing listens on a FUTURE
 #                                           node's port until its slurmd starts, so other clusters on the
 #                                           host could take it: keep them far from the static nodes' range
+#   APF_SLURM_CLOUD       [0]               number of State=CLOUD power-saving nodes c1..cN: Slurm powers
+#                                           them up with ResumeProgram and down with SuspendProgram
+#                                           (docs/slurm-powersave.md); the static and FUTURE nodes are excluded
+#   APF_SLURM_CLOUD_PARTITION [powersave]   the partition holding the CLOUD nodes
+#   APF_SLURM_CLOUD_PORT  [random 30000-32999]  first port of the CLOUD nodes' range (N consecutive free ports)
+#   APF_SLURM_RESUME_PROGRAM, APF_SLURM_SUSPEND_PROGRAM, APF_SLURM_RESUMEFAIL_PROGRAM
+#                                           the power-saving programs (required when APF_SLURM_CLOUD > 0)
+#   APF_SLURM_SUSPEND_TIME [20]  APF_SLURM_SUSPEND_TIMEOUT [5]  APF_SLURM_RESUME_TIMEOUT [60]   seconds
 #
 # Notes: slurmd binds 127.0.0.1 (NoInAddrAny); slurmctld and slurmdbd 22.05 still bind every address.
 # munged is shared by every cluster on the host; stop only stops it when this script started it and
@@ -48,11 +56,14 @@ PARTITION=${APF_SLURM_PARTITION:-debug}
 MINJOBAGE=${APF_SLURM_MINJOBAGE:-300}
 FUTURE=${APF_SLURM_FUTURE:-0}
 FUTURE_PARTITION=${APF_SLURM_FUTURE_PARTITION:-cloud}
+CLOUD=${APF_SLURM_CLOUD:-0}
+CLOUD_PARTITION=${APF_SLURM_CLOUD_PARTITION:-powersave}
 export SLURM_CONF=$BASE/slurm.conf
 
 cluster_idle() {
   local states
-  states=$(sinfo -h -o '%T' 2>/dev/null | sort -u)
+  # the static nodes' partition only: powered-down CLOUD nodes show idle~
+  states=$(sinfo -h -p "$PARTITION" -o '%T' 2>/dev/null | sort -u)
   [ "$states" = idle ]
 }
 
@@ -122,7 +133,51 @@ EOF
     done
     echo "PartitionName=$FUTURE_PARTITION Nodes=f[1-$FUTURE] MaxTime=INFINITE State=UP" >>"$SLURM_CONF"
   fi
+  if [ "$CLOUD" -gt 0 ]; then write_power_saving; fi
   chmod 644 "$SLURM_CONF"
+}
+
+# N consecutive free ports from $1 (a CLOUD node range takes Port=[a-b]: one port per node)
+pick_range() {
+  local p=$1 n=$2 i
+  while :; do
+    p=$(pick_port "$p")
+    for (( i = 1; i < n; i++ )); do port_busy $(( p + i )) && break; done
+    if [ "$i" -ge "$n" ]; then echo "$p"; return 0; fi
+    p=$(( p + i + 1 ))
+  done
+}
+
+# Slurm's power saving: State=CLOUD nodes c1..cN, powered up and down by the programs given
+# (docs/slurm-powersave.md has the same lines for a site)
+write_power_saving() {
+  local prog exclude first
+  for prog in APF_SLURM_RESUME_PROGRAM APF_SLURM_SUSPEND_PROGRAM APF_SLURM_RESUMEFAIL_PROGRAM; do
+    if [ ! -x "${!prog:-}" ]; then echo "$prog must name an executable (got '${!prog:-}')" >&2; exit 2; fi
+  done
+  exclude="n[1-$NODES]"
+  [ "$FUTURE" -gt 0 ] && exclude="$exclude,f[1-$FUTURE]"
+  first=$(pick_range "${APF_SLURM_CLOUD_PORT:-$(( 30000 + RANDOM % 3000 ))}" "$CLOUD")
+  cat >>"$SLURM_CONF" <<EOF
+# power saving: Slurm calls ResumeProgram with the CLOUD nodes it wants and SuspendProgram with the
+# idle ones; power_save_interval=1 looks every second instead of every 10 s
+SlurmctldParameters=power_save_interval=1,power_save_min_interval=0
+ResumeProgram=$APF_SLURM_RESUME_PROGRAM
+SuspendProgram=$APF_SLURM_SUSPEND_PROGRAM
+ResumeFailProgram=$APF_SLURM_RESUMEFAIL_PROGRAM
+SuspendTime=${APF_SLURM_SUSPEND_TIME:-20}
+SuspendTimeout=${APF_SLURM_SUSPEND_TIMEOUT:-5}
+ResumeTimeout=${APF_SLURM_RESUME_TIMEOUT:-60}
+ResumeRate=0
+SuspendRate=0
+SuspendExcNodes=$exclude
+# powered-down CLOUD nodes are listed by sinfo and scontrol (the factory reads their state)
+PrivateData=cloud
+# several slurmd on one host: no message fan-out through other nodes
+TreeWidth=65533
+NodeName=c[1-$CLOUD] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[$first-$(( first + CLOUD - 1 ))] CPUs=1 RealMemory=1000 Feature=cloud State=CLOUD
+PartitionName=$CLOUD_PARTITION Nodes=c[1-$CLOUD] MaxTime=INFINITE State=UP
+EOF
 }
 
 start_munge() {
@@ -217,6 +272,8 @@ APF_SLURM_PARTITION=$PARTITION
 APF_SLURM_NODES=$(seq -s, -f 'n%g' 1 "$NODES")
 APF_SLURM_FUTURE_NODES=$( [ "$FUTURE" -gt 0 ] && seq -s, -f 'f%g' 1 "$FUTURE" || true)
 APF_SLURM_FUTURE_PARTITION=$FUTURE_PARTITION
+APF_SLURM_CLOUD_NODES=$( [ "$CLOUD" -gt 0 ] && seq -s, -f 'c%g' 1 "$CLOUD" || true)
+APF_SLURM_CLOUD_PARTITION=$CLOUD_PARTITION
 APF_SLURM_ACCOUNTING=$ACCT
 APF_SLURM_CTLD_PORT=$ctld_port
 APF_SLURM_DBD_PORT=$dbd_port

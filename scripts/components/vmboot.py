@@ -2,7 +2,7 @@
 
 A test/demo component, outside the factory (the factory sees only the EC2 API and the pool).
 
-usage: vmboot.py --endpoint URL --slots f1,f2,f3 --state DIR [--region us-east-1] [--tag apf:factory=ID]
+usage: vmboot.py --endpoint URL [--slots f1,f2,f3] --state DIR [--region us-east-1] [--tag apf:factory=ID]
                  [--slurm-conf PATH] [--interval 0.2]
 
 For every instance the endpoint reports ``running`` (and carrying the tag), once: take a free slot
@@ -11,6 +11,8 @@ instance's user data and run it as cloud-init runs a ``#!`` user-data script at 
 own session, with what a VM reads from its metadata service in the environment:
 ``APF_VM_INSTANCE_ID`` and ``APF_VM_HOSTNAME`` (the slot). When the instance is stopped,
 terminated or gone, the whole session is killed (the VM is gone) and the slot is freed.
+Without --slots every running instance boots at once, with ``APF_VM_HOSTNAME=vm-<instance id>``:
+the VM finds its node itself (Slurm power saving: the node whose Comment is its instance id).
 SIGTERM kills every VM and exits. One line per boot and per stop on stdout.
 """
 
@@ -76,7 +78,10 @@ class Booter:
         return shown.returncode != 0  # "Node fN not found": a FUTURE slot, free
 
     def boot(self, iid: str) -> None:
-        slot = next((s for s in self.slots if self.slot_free(s)), None)
+        if not self.slots:
+            slot: str | None = f"vm-{iid}"  # no slots: the VM finds its node itself
+        else:
+            slot = next((s for s in self.slots if self.slot_free(s)), None)
         if slot is None:
             return  # no free slot now: try again next round
         attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
@@ -142,7 +147,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--slots", required=True, help="host names for the VMs, e.g. f1,f2,f3")
+    parser.add_argument("--slots", default="", help="host names for the VMs, e.g. f1,f2,f3; none: vm-<id>")
     parser.add_argument("--state", required=True, help="directory for user data and console logs")
     parser.add_argument("--tag", help="only instances carrying this tag, KEY=VALUE")
     parser.add_argument("--slurm-conf", help="use only slots Slurm shows no node for (FUTURE nodes)")

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 
 from autopyfactory import __version__
-from autopyfactory.store.api import StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,9 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["powersave"]:
+        # Slurm's ResumeProgram/SuspendProgram: start in milliseconds, load no other subcommand
+        from autopyfactory.cli import powersave
+
+        return powersave.main(args_list[1:])
+    from autopyfactory.store.api import StoreError
+
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
     except SystemExit as exc:  # usage errors (status 2) and --help/--version (0), already printed
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):

@@ -89,7 +89,9 @@ class CloudSubmitOptions(SubmitOptions):
         ge=0,
         description="longest a drain may take before the VM is terminated",
     )
-    pool: PoolKind = Field(PoolKind.NONE, description="where the VMs join: none, slurm or condor")
+    pool: PoolKind = Field(
+        PoolKind.NONE, description="where the VMs join: none, slurm, slurm-powersave or condor"
+    )
     pool_address: str = Field("", alias="pool.address", description="what the VM joins ({{ pool_address }})")
     pool_attribute: str = Field(
         "any",
@@ -122,6 +124,16 @@ class CloudSubmitOptions(SubmitOptions):
     pool_timeout: float = Field(
         60.0, alias="pool.timeout", gt=0, le=3600, description="seconds one pool command may take"
     )
+    pool_spool: str | None = Field(
+        None,
+        alias="pool.spool",
+        description="slurm-powersave: the spool apf powersave writes; default: <factory.statedir>/powersave",
+    )
+    pool_partition: str | None = Field(
+        None,
+        alias="pool.partition",
+        description="slurm-powersave: the partition whose nodes the VMs back; default: any",
+    )
 
     def credential_profiles(self, profiles: Mapping[str, AuthProfile] | None = None) -> tuple[str, ...]:
         """The auth profiles the queue uses (its cloud's and the pool's SSH profile)."""
@@ -142,6 +154,8 @@ class CloudSubmitOptions(SubmitOptions):
             collector=collector,
             release=self.pool_release,
             timeout=self.pool_timeout,
+            spool=self.pool_spool or None,
+            partition=self.pool_partition or None,
         )
 
     def vm_policy(self) -> VmPolicy:
@@ -375,15 +389,22 @@ class CloudSubmit(BatchSubmitPlugin):
         else:
             log.info("queue %s: %s launched %d VMs", self.queue.name, self.target(), n)
         pooled = self.policy.pooled
-        return [
-            lc.vm_pilot(
-                Instance(i.id, VmState.PENDING, i.tags, i.launched_at or now),
-                self.queue.name,
-                None,
-                pooled=pooled,
-            )
-            for i in created
-        ]
+        launched = [Instance(i.id, VmState.PENDING, i.tags, i.launched_at or now) for i in created]
+        if self.pool is not None and self.pool.pairs_vms and launched:
+            # a pool that pairs VMs with nodes (power saving) does it now, not a cycle later
+            try:
+                view = self.view(now)
+                new = {i.id for i in launched}
+                known = [i for i in (view.instances if view else ()) if i.id not in new]
+                self.pool.tend([*known, *launched], self.terminate, now, cancel_surplus=False)
+            except BackendError as exc:
+                log.warning(
+                    "queue %s: %s after the launch: %s (next cycle again)",
+                    self.queue.name,
+                    self.pool.label,
+                    exc,
+                )
+        return [lc.vm_pilot(i, self.queue.name, None, pooled=pooled) for i in launched]
 
     def status_key(self) -> Hashable | None:
         """The endpoint key of the status poll that lists this queue's VMs."""
@@ -434,6 +455,19 @@ class CloudSubmit(BatchSubmitPlugin):
 
     def cleanup(self, pilots: Sequence[Pilot], now: float) -> None:
         view = self.view(now)
+        failed: BackendError | None = None
+        if view is not None and self.pool is not None:
+            # every cycle: the pool's own requests (power saving) do not wait for a new view; a
+            # failure there does not hold up the life cycle below
+            try:
+                self.pool.tend(view.instances, self.terminate, now)
+            except BackendError as exc:
+                failed = exc
+        self._act_on(view)
+        if failed is not None:
+            raise failed
+
+    def _act_on(self, view: QueueView | None) -> None:
         if view is None or view.time == self._acted_on:
             return  # nothing new since we last acted
         # decide at the view's time: deadlines and graces against what was observed then

@@ -63,10 +63,15 @@ class EndReason(StrEnum):
     STOPPED = "stopped"  # stopped by someone else: no use to the pool, still costs
     ERROR = "error"  # the cloud put it in ERROR (e.g. OpenStack "No valid host was found")
     LEAKED = "leaked"  # tagged, unknown to the store, its queue no longer configured
+    SUSPENDED = "suspended"  # Slurm's power saving powered its node down (plugins/cloud/powersave)
+    RESUME_FAILED = "resume-failed"  # its node did not come up within Slurm's ResumeTimeout
 
     @property
     def failed(self) -> bool:
-        return self in (EndReason.DEADLINE, EndReason.ERROR)
+        return self in (EndReason.DEADLINE, EndReason.ERROR, EndReason.RESUME_FAILED)
+
+
+FAILED_ENDS = frozenset(e.value for e in EndReason if e.failed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,7 @@ def pilot_state(inst: Instance, node: PoolNode | None, pooled: bool) -> PilotSta
     end = inst.end
     if end == EndReason.CANCELLED:
         return PilotState.CANCELLED
-    if end in (EndReason.DEADLINE, EndReason.ERROR):
+    if end in FAILED_ENDS:
         return PilotState.FAILED
     return PilotState.DONE
 

@@ -8,6 +8,10 @@ it on its pool node; the factory matches nodes to VMs by that id only.
   ``--json`` is not available); drain is ``scontrol update nodename=... state=DRAIN``; release
   puts the slot of a terminated VM back to ``State=FUTURE`` (and clears Comment/Extra), deletes
   a dynamic node, or leaves it (``pool.release``). Commands run locally or over SSH.
+* **Slurm power saving** (``slurm-powersave``): Slurm powers ``State=CLOUD`` nodes up and down and
+  calls the factory's clients (``apf powersave``); the factory writes each new VM's instance id in
+  the ``Comment`` of a node Slurm is powering up, terminates the VMs of nodes Slurm powered down,
+  and clears the Comment (``plugins/cloud/powersave`` decides, ``PowerSavePool.tend`` acts).
 * **HTCondor**: the id is a startd/master ClassAd attribute (``pool.attribute``, default
   ``EC2InstanceID``), read through the collector interface of ``plugins/batch/condor``; drain is
   ``condor_off -peaceful -startd``; a node whose startd exited (master only) is drained.
@@ -20,13 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autopyfactory.plugins.base import BackendError
-from autopyfactory.plugins.cloud.lifecycle import NodeState, PoolNode
+from autopyfactory.plugins.cloud import powersave as ps
+from autopyfactory.plugins.cloud import spool
+from autopyfactory.plugins.cloud.lifecycle import Instance, NodeState, PoolNode
 from autopyfactory.plugins.transport.base import Result, Transport
 from autopyfactory.plugins.transport.pool import POOL, transport_for
 
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 class PoolKind(StrEnum):
     NONE = "none"
     SLURM = "slurm"
+    SLURM_POWERSAVE = "slurm-powersave"  # Slurm's power saving powers CLOUD nodes up and down
     CONDOR = "condor"
 
 
@@ -62,6 +71,8 @@ class PoolSpec:
     collector: str | None = None  # host:port; None = the local pool
     release: Release = Release.FUTURE
     timeout: float = 60.0
+    spool: str | None = None  # slurm-powersave: the clients' spool; None = <state dir>/powersave
+    partition: str | None = None  # slurm-powersave: the partition whose nodes the VMs back
 
     @property
     def label(self) -> str:
@@ -76,6 +87,8 @@ class Pool(Protocol):
     """What the life cycle asks of a pool. Failures raise ``BackendError``."""
 
     label: str
+    #: the pool pairs each new VM with a node itself (``tend`` right after a launch)
+    pairs_vms: bool
 
     def nodes(self, instance_ids: Collection[str]) -> dict[str, PoolNode]:
         """instance id -> the node advertising it, for the ids given that have joined."""
@@ -87,6 +100,18 @@ class Pool(Protocol):
 
     def release(self, nodes: Sequence[PoolNode]) -> None:
         """The nodes' VMs are terminated: reset what they leave behind."""
+        ...
+
+    def tend(
+        self,
+        instances: Sequence[Instance],
+        terminate: Callable[[Sequence[str], str], None],
+        now: float,
+        *,
+        cancel_surplus: bool = True,
+    ) -> None:
+        """A pool that decides about VMs itself (power saving) acts here, each cycle and right
+        after a launch; ``instances`` are the queue's VMs, ``terminate(ids, reason)`` ends some."""
         ...
 
     def close(self) -> None: ...
@@ -224,6 +249,8 @@ def parse_scontrol_nodes(text: str, attribute: str = "any") -> list[tuple[str, N
 
 
 class SlurmPool:
+    pairs_vms = False
+
     def __init__(self, spec: PoolSpec, factory: FactoryContext) -> None:
         self.spec = spec
         self.label = spec.label
@@ -284,8 +311,139 @@ class SlurmPool:
         if not res.ok:
             raise self._fail(" ".join(argv[:3]), res)
 
+    def tend(
+        self,
+        instances: Sequence[Instance],
+        terminate: Callable[[Sequence[str], str], None],
+        now: float,
+        *,
+        cancel_surplus: bool = True,
+    ) -> None:
+        """Nothing: the life cycle alone decides about VMs in a plain Slurm pool."""
+
     def close(self) -> None:
         POOL.release(self._transport)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slurm power saving
+
+
+def parse_power_nodes(text: str) -> list[ps.PowerNode]:
+    """``scontrol show node -o`` -> nodes with their power-saving flags (pure)."""
+    out: list[ps.PowerNode] = []
+    for line in text.splitlines():
+        if not line.strip().startswith("NodeName="):
+            continue
+        f = parse_scontrol_fields(line)
+        words = [w for w in f.get("State", "").upper().split("+") if w]
+        base = words[0].rstrip("*~#!%$@^-") if words else ""
+        parts = f.get("Partitions", "")
+        out.append(
+            ps.PowerNode(
+                f["NodeName"],
+                base,
+                frozenset(words[1:]),
+                _text(f.get("Comment")),
+                tuple(p for p in parts.split(",") if p and p != "(null)"),
+            )
+        )
+    return out
+
+
+_SPOOL_LOCKS: dict[str, threading.Lock] = {}
+_SPOOL_LOCKS_LOCK = threading.Lock()
+
+
+def _spool_lock(path: Path) -> threading.Lock:
+    """One lock per spool: the queues of a cascade share its nodes and must not both take one."""
+    with _SPOOL_LOCKS_LOCK:
+        return _SPOOL_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
+class PowerSavePool(SlurmPool):
+    """A Slurm pool whose CLOUD nodes Slurm powers up and down (docs/slurm-powersave.md)."""
+
+    pairs_vms = True
+
+    def __init__(self, spec: PoolSpec, factory: FactoryContext) -> None:
+        super().__init__(spec, factory)
+        self.spool = Path(spec.spool).expanduser() if spec.spool else factory.state_dir / "powersave"
+        self.label = f"{spec.label} (power saving)"
+
+    def nodes(self, instance_ids: Collection[str]) -> dict[str, PoolNode]:
+        # a node still powering up carries its VM's id before the VM has joined: not joined yet
+        return {
+            iid: node
+            for iid, node in super().nodes(instance_ids).items()
+            if "POWERING_UP" not in node.detail.upper().split("+")
+        }
+
+    def release(self, nodes: Sequence[PoolNode]) -> None:
+        """Clear the Comment; a node still up lost its VM under it: power it down (Slurm requeues
+        its jobs and may resume it again later)."""
+        if not nodes:
+            return
+        names = sorted({n.name for n in nodes})
+        up = sorted(
+            {
+                n.name
+                for n in nodes
+                if not {"POWERED_DOWN", "POWERING_DOWN"} & set(n.detail.upper().split("+"))
+            }
+        )
+        self._update(names, "comment=")
+        if up:
+            self._update(up, "state=POWER_DOWN_FORCE")
+
+    def _update(self, names: Sequence[str], *settings: str) -> None:
+        argv = ["scontrol", "update", f"nodename={','.join(names)}", *settings]
+        res = self._run(*argv)
+        if not res.ok:
+            raise self._fail(" ".join(argv), res)
+
+    def power_nodes(self) -> list[ps.PowerNode]:
+        res = self._run("scontrol", "show", "node", "-o")
+        if not res.ok:
+            raise self._fail("scontrol show node", res)
+        return parse_power_nodes(res.stdout)
+
+    def tend(
+        self,
+        instances: Sequence[Instance],
+        terminate: Callable[[Sequence[str], str], None],
+        now: float,
+        *,
+        cancel_surplus: bool = True,
+    ) -> None:
+        with _spool_lock(self.spool):
+            requests = spool.read(self.spool, spool.Op.SUSPEND) + spool.read(self.spool, spool.Op.RESUMEFAIL)
+            requested = ps.requested_nodes(spool.read(self.spool, spool.Op.RESUME))
+            nodes = self.power_nodes()  # after the requests: a request read is older than this view
+            plan = ps.plan_power(
+                nodes,
+                instances,
+                requested=requested,
+                partition=self.spec.partition,
+                requests=requests,
+                now=now,
+                cancel_surplus=cancel_surplus,
+            )
+            if plan.empty:
+                return
+            by_reason: dict[str, list[str]] = {}
+            for iid, reason, _ in plan.terminate:
+                by_reason.setdefault(reason, []).append(iid)
+            for reason, ids in sorted(by_reason.items()):
+                terminate(ids, reason)  # raises: nothing else happens, the requests stay
+            for note in plan.notes:
+                log.log(logging.WARNING if "failed" in note else logging.INFO, "%s: %s", self.label, note)
+            if plan.clear:
+                self._update(sorted(plan.clear), "comment=")
+            for node, iid in plan.assign:
+                self._update([node], f"comment={iid}")
+                log.info("%s: node %s is backed by VM %s", self.label, node, iid)
+            spool.remove(list(plan.done))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +452,8 @@ class SlurmPool:
 
 class CondorPool:
     """Nodes from the collector (master and startd ads carrying the instance id attribute)."""
+
+    pairs_vms = False
 
     def __init__(self, spec: PoolSpec) -> None:
         from autopyfactory.plugins.batch.condor.schedd import Address
@@ -352,6 +512,16 @@ class CondorPool:
     def release(self, nodes: Sequence[PoolNode]) -> None:
         """Nothing to reset: the collector forgets a node whose daemons are gone."""
 
+    def tend(
+        self,
+        instances: Sequence[Instance],
+        terminate: Callable[[Sequence[str], str], None],
+        now: float,
+        *,
+        cancel_surplus: bool = True,
+    ) -> None:
+        """Nothing: the life cycle alone decides about VMs in an HTCondor pool."""
+
     def close(self) -> None:
         pass
 
@@ -359,6 +529,8 @@ class CondorPool:
 def make_pool(spec: PoolSpec, factory: FactoryContext) -> Pool | None:
     if spec.kind is PoolKind.SLURM:
         return SlurmPool(spec, factory)
+    if spec.kind is PoolKind.SLURM_POWERSAVE:
+        return PowerSavePool(spec, factory)
     if spec.kind is PoolKind.CONDOR:
         return CondorPool(spec)
     return None
