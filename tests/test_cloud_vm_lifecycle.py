@@ -173,3 +173,35 @@ def test_a_vm_whose_node_never_joins_is_terminated_after_the_deadline(
     got = instance(ec2, iid)
     assert (got["state"], got["apf:end"]) == ("terminated", "provisioning-deadline")
     assert cycle(sub, status)[iid].state is PilotState.FAILED
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_cancelling_a_vm_that_joined_since_the_decision_drains_it_instead(
+    ec2: EC2Server, slurm_cloud: CloudPool, vmboot: VmBoot, make_queue: Any, make_factory: Any, tmp_path: Path
+) -> None:
+    """The engine cancels VMs it last saw pending (not joined); one may have joined since and taken
+    a job. The cancel asks the pool again and sends that VM out through its node: drained, never
+    terminated under its job."""
+    sub, status = setup(ec2, slurm_cloud, make_queue, make_factory, write(tmp_path / "vm.tpl", JOINING_VM))
+    (launched,) = sub.submit(1, PilotTags(FACTORY, "VMQ", "cccccccccccc"), time.time())
+    iid = launched.backend_id
+    # the node joins; no status poll runs, so the factory's last view still has the VM pending
+    wait_for(
+        lambda: any(slurm_cloud.node(s).get("Comment") == iid for s in slurm_cloud.slots),
+        60,
+        f"the VM's node to join (vmboot log: {vmboot.log()})",
+    )
+    (node,) = (s for s in slurm_cloud.slots if slurm_cloud.node(s).get("Comment") == iid)
+    sub.cancel([iid])  # what a scale-down decision taken on that view asks
+    assert instance(ec2, iid)["state"] == "running"
+    assert instance(ec2, iid)["apf:retire"].isdigit() and "apf:end" not in instance(ec2, iid)
+    assert "DRAIN" in slurm_cloud.node(node)["State"]
+    # drained and idle: the life cycle terminates it as retired
+    wait_for(
+        lambda: cycle(sub, status) and instance(ec2, iid)["state"] == "terminated", 60, "the drained VM to go"
+    )
+    assert instance(ec2, iid)["apf:end"] == "retired"
+    wait_for(
+        lambda: cycle(sub, status) is not None and slurm_cloud.node(node) == {}, 30, "the slot to be released"
+    )

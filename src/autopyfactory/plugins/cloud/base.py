@@ -417,9 +417,17 @@ class CloudSubmit(BatchSubmitPlugin):
         VIEWS.note_ended(self.status_key(), ids, reason)
 
     def cancel(self, backend_ids: Sequence[str]) -> None:
-        if backend_ids:
-            self.terminate(list(backend_ids), EndReason.CANCELLED)
-            log.info("queue %s: terminated %d VMs that had not joined", self.queue.name, len(backend_ids))
+        ids = list(backend_ids)
+        if ids and self.pool is not None:
+            # the decision saw these VMs not joined, but one may have joined since (and taken a
+            # job): the pool, asked now, has the last word; a VM with a node leaves through it
+            joined = set(self.pool.nodes(ids))
+            if joined:
+                ids = [i for i in ids if i not in joined]
+                self.retire(sorted(joined))
+        if ids:
+            self.terminate(ids, EndReason.CANCELLED)
+            log.info("queue %s: terminated %d VMs that had not joined", self.queue.name, len(ids))
 
     def retire(self, backend_ids: Sequence[str], kill: bool = False) -> None:
         ids = list(backend_ids)
