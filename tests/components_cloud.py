@@ -233,7 +233,9 @@ class CloudPool:
         return parse_scontrol_fields(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else {}
 
     def reset_slots(self) -> None:
-        """Put every slot back to FUTURE with no comment (after a test that left one visible)."""
+        """Put every slot back to FUTURE with no comment (after a test that left one visible), with
+        no job of a failed test left to hold a slot for the next one."""
+        self.run("scancel", "-p", self.partition)
         for slot in self.slots:
             if self.node(slot):
                 self.run("scontrol", "update", f"nodename={slot}", "state=FUTURE", "comment=", "extra=")

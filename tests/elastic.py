@@ -117,6 +117,20 @@ def write_config(
     )
 
 
+def polled_again(panda: Any, timeout: float = 60) -> None:
+    """Wait until the factory has polled PanDA twice more: the second poll began after the first
+    one's answer (taken after a change made before this call) was published, so the factory now
+    decides on the new counts. Pilots released earlier could be seen gone while the factory still
+    saw their jobs activated, and it would submit for them again (the test's PanDA does not move
+    jobs when pilots start, as the real one does)."""
+    seen = len(panda.requests)
+    deadline = time.monotonic() + timeout
+    while len(panda.requests) < seen + 2:
+        if time.monotonic() > deadline:
+            raise AssertionError("the factory did not poll PanDA again")
+        time.sleep(0.05)
+
+
 def start_factory(conf: Path, pool: Any, log: Path) -> subprocess.Popen[bytes]:
     """``apf run`` as a daemon would run it (its own process group), reaching the pool's Slurm."""
     return subprocess.Popen(

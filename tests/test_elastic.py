@@ -22,6 +22,7 @@ from tests.elastic import (
     SITE,
     Sampler,
     View,
+    polled_again,
     print_figures,
     slot_slurmds,
     start_factory,
@@ -32,8 +33,11 @@ from tests.fakepanda import FakePanda
 from tests.helpers import wait_for
 
 
-def running_pilots(v: View) -> int:
-    return sum(state == "RUNNING" for state, _ in v.pilots.values())
+def running_on_joined_nodes(v: View) -> int:
+    """Pilots running on nodes that advertise one of our instances (a job may start on a node in
+    the moment before its VM has written its instance id there)."""
+    joined = {name for name, f in v.nodes.items() if f.get("Comment") in v.instances}
+    return sum(state == "RUNNING" and node in joined for state, node in v.pilots.values())
 
 
 def contracted(v: View) -> bool:
@@ -110,7 +114,9 @@ def test_elastic_pool_grows_for_the_pilots_and_contracts_when_demand_drops(
             assert not sampler.whens("vm requested")
             demand_at = time.time()
             panda.set_activated(SITE, n)
-            v = sampler.wait(lambda v: running_pilots(v) == n, 180, f"{n} pilots running on new nodes")
+            v = sampler.wait(
+                lambda v: running_on_joined_nodes(v) == n, 180, f"{n} pilots running on new nodes"
+            )
             assert len(v.instances) == n and len(sampler.whens("node joined")) == n
             assert {node for _, node in v.pilots.values()} == {
                 name for name, f in v.nodes.items() if f.get("Comment") in v.instances
@@ -119,6 +125,7 @@ def test_elastic_pool_grows_for_the_pilots_and_contracts_when_demand_drops(
             panda.set_activated(SITE, 0)
             panda.set_jobs(SITE, "running", n)
             dropped_at = time.time()
+            polled_again(panda)
             (tmp_path / "flags" / "all").touch()
             sampler.wait(lambda v: not v.pilots, 60, "the pilots to finish")
             panda.set_jobs(SITE, "running", 0)
@@ -157,12 +164,15 @@ def test_sigkill_while_vms_boot_and_while_nodes_drain_then_restarts_adopt_and_fi
             os.killpg(proc.pid, signal.SIGKILL)  # 1: the factory dies while its VMs boot
             proc.wait(timeout=30)
             proc = start_factory(conf, slurm_cloud, log)
-            v = sampler.wait(lambda v: running_pilots(v) == n, 180, f"{n} pilots running after the restart")
+            v = sampler.wait(
+                lambda v: running_on_joined_nodes(v) == n, 180, f"{n} pilots running after the restart"
+            )
             assert len(v.instances) == n  # adopted: nothing launched twice
 
             ec2.fault("TerminateInstances", "InternalError", status=500, times=-1)
             panda.set_activated(SITE, 0)
             panda.set_jobs(SITE, "running", n)
+            polled_again(panda)
             (tmp_path / "flags" / "all").touch()
             sampler.wait(lambda v: not v.pilots, 60, "the pilots to finish")
             panda.set_jobs(SITE, "running", 0)
