@@ -168,7 +168,7 @@ MUTATIONS: list[tuple[Callable[[Path, random.Random], None], bool]] = [
     (truncate, False),
     (typo_key, True),
 ]
-PER_EXAMPLE = 75  # x 4 examples = 300 configurations
+PER_EXAMPLE = 75  # per example that has an autopyfactory.conf (8 to 10 examples: 600 to 750 configurations)
 
 
 def cases() -> Iterator[tuple[str, int]]:
