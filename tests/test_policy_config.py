@@ -102,6 +102,14 @@ cascades:
         ("{queue: A, spill_on: [capped, overflow]}", "cascades[0].tiers[0].spill_on[1]", "'overflow'"),
         ("{queue: A, drain: {hysteresis: -5}}", "cascades[0].tiers[0].drain.hysteresis", ">= 0"),
         ("{queue: A, backoff: soon}", "cascades[0].tiers[0].backoff", "not a duration"),
+        ("{queue: A, weight: .inf}", "cascades[0].tiers[0].weight", "finite"),
+        ("{queue: A, weight: 0}", "cascades[0].tiers[0].weight", "greater than 0"),
+        ("{queue: A, cost_per_hour: .nan}", "cascades[0].tiers[0].cost_per_hour", "finite"),
+        (
+            "{queue: A, quotas: [{per: month, pilot_hours: .inf}]}",
+            "cascades[0].tiers[0].quotas[0].pilot_hours",
+            "finite",
+        ),
         ("{cap: 4}", "cascades[0].tiers[0].queue", "required key is missing"),
     ],
 )

@@ -98,7 +98,9 @@ class Quota(_Doc):
 
     per: PeriodText = Field(description="month, week, day (calendar, UTC) or a rolling window ('7d')")
     pilots: int | None = Field(None, ge=0, description="pilots started per period")
-    pilot_hours: float | None = Field(None, ge=0, description="pilot-hours (start to end) per period")
+    pilot_hours: float | None = Field(
+        None, ge=0, le=1e12, allow_inf_nan=False, description="pilot-hours (start to end) per period"
+    )
 
     @_model_validator(mode="after")
     def _one_limit(self) -> Quota:
@@ -139,13 +141,17 @@ class Tier(_Doc):
         description="conditions that pass unmet demand on to the next tier; on any other, it waits",
     )
     quotas: tuple[Quota, ...] = Field((), description="period limits; all of them hold")
-    cost_per_hour: float = Field(0.0, ge=0, description="cost of one pilot-hour (reports)")
+    cost_per_hour: float = Field(
+        0.0, ge=0, le=1e9, allow_inf_nan=False, description="cost of one pilot-hour (reports)"
+    )
     priority: int | None = Field(
         None, description="fill order: lower first; tiers without one keep their list position"
     )
     weight: float = Field(
         1.0,
         gt=0,
+        le=1e6,
+        allow_inf_nan=False,  # an infinite weight would overflow the split
         description="tiers of equal priority split the demand they take in proportion to their weights",
     )
     drain: Drain = Field(default_factory=Drain)
