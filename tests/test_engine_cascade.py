@@ -245,3 +245,41 @@ def test_pilots_cancelled_before_they_start_give_their_quota_back(tmp: Path) -> 
         assert left() == 5  # all five given back: none of them started
     finally:
         factory.shutdown()
+
+
+def test_an_intent_lost_in_a_crash_gives_its_quota_back(tmp: Path) -> None:
+    """The factory dies after recording its intents (reserving B's monthly quota of 2) and before
+    asking the backend. On restart the intents are settled as lost and B's reservation released:
+    the ledger counts only what live intents reserved."""
+    import os
+
+    conf = _local_cascade(tmp, demand=6)
+    crashed = subprocess.run(
+        [APF, "run", "--conf", str(conf), "--once", "--no-table", "--log", str(tmp / "apf.log")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "APF_FAULT": "crash-before-submit"},
+    )  # fmt: skip
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    config = load_factory_config(str(conf))
+    store = Store(config.settings.database_url())
+
+    def b_reserved() -> int:
+        with store.engine.connect() as conn:
+            used = conn.execute(
+                select(func.sum(ledger_entries.c.count)).where(ledger_entries.c.tier == "B")
+            ).scalar()
+        return int(used or 0)
+
+    assert [(i["queue"], i["status"]) for i in store.intents("test-factory") if i["queue"] == "B"] == [
+        ("B", "open")
+    ]
+    assert b_reserved() == 2
+    factory = Factory(config)
+    try:
+        for _ in range(3):
+            factory.step(poll_all=True)  # the first pass adopts: nothing was submitted
+    finally:
+        factory.shutdown()
+    b_intents = [i for i in store.intents("test-factory") if i["queue"] == "B"]
+    assert b_intents[0]["status"] == "lost"
+    assert b_reserved() == sum(i["n"] for i in b_intents if i["status"] != "lost")

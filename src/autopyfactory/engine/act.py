@@ -27,7 +27,8 @@ from autopyfactory.store.api import Settlement
 
 log = logging.getLogger("autopyfactory.factory")
 
-# Fault injection for crash-safety tests (APF_FAULT=crash-after-submit); unset in production.
+# Fault injection for crash-safety tests (APF_FAULT=crash-before-submit | crash-after-submit);
+# unset in production.
 _FAULT = os.environ.get("APF_FAULT", "")
 
 MAX_TARGET_BACKOFF = 3600.0
@@ -93,6 +94,8 @@ class Actuator:
             if isinstance(action, Submit):
                 assert job.intent_id is not None
                 tags = PilotTags(self.state.factory_id, rt.name, job.intent_id)
+                if _FAULT == "crash-before-submit":
+                    os._exit(137)  # test hook: die after the intent (and its quota) is recorded
                 pilots = tuple(submitter.submit(action.n, tags, now))
                 if _FAULT == "crash-after-submit":
                     os._exit(137)  # test hook: die like kill -9 between the backend call and the record
