@@ -167,3 +167,19 @@ def test_the_decision_code_loads_no_registry_yaml_or_database() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "", f"decide/ loads {out.stdout.strip()}"
+
+
+def test_importing_the_planner_loads_no_store_database_or_subprocess() -> None:
+    """The planner's whole import closure, not only its own imports: the snapshot it reads is
+    plain data (engine/snapshot.py), apart from the observer that reads the store."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, autopyfactory.engine.plan\n"
+        "bad = [m for m in ('yaml', 'sqlalchemy', 'subprocess', 'boto3', 'autopyfactory.store.api',"
+        " 'autopyfactory.engine.observe') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"engine/plan.py loads {out.stdout.strip()}"

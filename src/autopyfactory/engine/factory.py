@@ -39,12 +39,13 @@ from autopyfactory.engine.act import Actuator, CompletionHandler, Job, safe
 from autopyfactory.engine.build import Builder, close_submitter
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
-from autopyfactory.engine.observe import CredentialGate, QueueTimes, SnapshotBuilder
+from autopyfactory.engine.observe import CredentialGate, SnapshotBuilder
 from autopyfactory.engine.pollers import Poller, PollerThread, PollResult
 from autopyfactory.engine.reconcile import Reconciler
 from autopyfactory.engine.record import Recorder, StoreHealth
 from autopyfactory.engine.reload import Loader, Reloader, ReloadResult
 from autopyfactory.engine.report import Reporter, status_path
+from autopyfactory.engine.snapshot import QueueTimes
 from autopyfactory.engine.state import CascadeRuntime, EngineState, QueueRuntime, TargetState
 from autopyfactory.model import Plan, Submit, Supply
 from autopyfactory.plugins.base import Interruption

@@ -23,7 +23,7 @@ from autopyfactory.engine.cascade import (
     tier_decision,
     tier_state,
 )
-from autopyfactory.engine.observe import CascadeObservation, QueueObservation, QueueTimes, Snapshot
+from autopyfactory.engine.snapshot import CascadeObservation, QueueObservation, QueueTimes, Snapshot
 from autopyfactory.engine.state import CascadeRuntime, QueueMemory, QueueRuntime
 from autopyfactory.model import Action, Cancel, Decision, Plan, Retire, Step, Submit, Supply
 from autopyfactory.plugins.options import SubmitOptions

@@ -18,8 +18,8 @@ from typing import Any
 from autopyfactory.config.models import FactoryConfig
 from autopyfactory.engine.act import safe
 from autopyfactory.engine.events import Observer
-from autopyfactory.engine.observe import Snapshot
 from autopyfactory.engine.record import Recorder
+from autopyfactory.engine.snapshot import Snapshot
 from autopyfactory.engine.state import EngineState
 from autopyfactory.model import Decision, Plan
 from autopyfactory.plugins.base import BatchStatusPlugin
