@@ -5,7 +5,6 @@ restart. In a cascade, a tier with a dead credential backs off and its demand sp
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -21,17 +20,10 @@ from autopyfactory.cli._store import open_read_only
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.engine.factory import Factory
 from fakepanda import FakePanda
-from tests.helpers import factory_conf, wait_for, write
+from tests.helpers import factory_conf, make_jwt, wait_for, write
 
 APF = str(Path(sys.executable).parent / "apf")
 QUEUE = "BNL_PROD-ce01"
-
-
-def make_jwt(exp: float) -> str:
-    def part(obj: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': 'pilot', 'exp': int(exp)})}.c2ln"
 
 
 @pytest.fixture
