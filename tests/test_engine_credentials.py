@@ -20,7 +20,8 @@ from autopyfactory.cli._store import open_read_only
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.engine.factory import Factory
 from fakepanda import FakePanda
-from tests.helpers import factory_conf, make_jwt, wait_for, write
+from tests.helpers import factory_conf, make_jwt, serve, shut_down, wait_for, write
+from tests.test_alerts import SMTPReceiver
 
 APF = str(Path(sys.executable).parent / "apf")
 QUEUE = "BNL_PROD-ce01"
@@ -30,6 +31,17 @@ QUEUE = "BNL_PROD-ce01"
 def panda() -> Iterator[FakePanda]:
     with FakePanda() as fake:  # no token set: it takes any bearer token, so demand keeps flowing
         yield fake
+
+
+@pytest.fixture
+def mailbox() -> Iterator[SMTPReceiver]:
+    """The local SMTP receiver of tests/test_alerts.py: the admin's mailbox."""
+    server = SMTPReceiver()
+    thread = serve(server, "smtp")
+    try:
+        yield server
+    finally:
+        shut_down(server, thread)
 
 
 def _pilot(tmp: Path) -> Path:
@@ -58,7 +70,7 @@ def _scrape(url: str) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_dead_token_stops_the_queue_and_a_fresh_one_lets_it_submit_again(
-    tmp: Path, panda: FakePanda
+    tmp: Path, panda: FakePanda, mailbox: SMTPReceiver
 ) -> None:
     token = tmp / "token"
     token.write_text(make_jwt(time.time() - 120) + "\n")  # expired two minutes ago
@@ -91,7 +103,13 @@ def test_a_dead_token_stops_the_queue_and_a_fresh_one_lets_it_submit_again(
         [{QUEUE}]
         wmsqueue = BNL_PROD
         """,
-        extra="authConf = auth.conf\nwmsstatus.panda.sleep = 1\nwmsstatus.panda.maxage = 10\n",
+        extra=f"""
+        authConf = auth.conf
+        wmsstatus.panda.sleep = 1
+        wmsstatus.panda.maxage = 10
+        factoryAdminEmail = ops@example.org
+        factorySMTPServer = {mailbox.address}
+        """,
     )
     config = load_factory_config(str(conf))
     panda.set_jobs("BNL_PROD", "running", 10)
@@ -131,6 +149,10 @@ def test_a_dead_token_stops_the_queue_and_a_fresh_one_lets_it_submit_again(
         assert metrics['apf_credential_state{profile="panda-token",state="expired"}'] == 1.0
         assert metrics['apf_credential_state{profile="panda-token",state="ok"}'] == 0.0
         assert metrics['apf_credential_seconds_left{kind="Token",profile="panda-token"}'] < -100
+
+        # the admin is told by e-mail, from the same health
+        assert mailbox.wait_count(1, timeout=30)
+        assert "[autopyfactory test-factory] credential panda-token is expired" in mailbox.subjects()
 
         # another tool writes a fresh token: the manager sees it on its own schedule, the queue
         # submits again (no restart, no signal)
