@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -62,3 +64,12 @@ def shut_down(server: Any | None, thread: threading.Thread | None) -> None:
         server.server_close()
     if thread is not None:
         thread.join(timeout=5)
+
+
+def make_jwt(exp: float, subject: str = "pilot") -> str:
+    """An unsigned JWT whose ``exp`` claim is ``exp`` (the credential manager reads only that)."""
+
+    def part(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': subject, 'exp': int(exp)})}.c2ln"

@@ -7,6 +7,7 @@ import datetime as dt
 import email
 import email.policy
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from autopyfactory.credentials import CredentialManager, HealthState
 from autopyfactory.engine.alerts import Alerts, _openssl_not_after, parse_smtp_server, proxy_not_after
 from autopyfactory.engine.events import Observer
 from fakepanda import factory_context, write_proxy
+from tests.helpers import make_jwt
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,15 +125,14 @@ class Clock:
         return self.now
 
 
-def make(smtp_address: str, clock: Clock, auth=None, **kw) -> Alerts:  # type: ignore[no-untyped-def]
+def make(smtp_address: str, clock: Clock, **kw) -> Alerts:  # type: ignore[no-untyped-def]
     ctx = factory_context(
         "BNL-apf",
-        auth=auth,
         factoryAdminEmail="ops@example.org, oncall@example.org",
         factorySMTPServer=smtp_address,
         factoryMinEmailRepeatSeconds=3600,
     )
-    alerts = Alerts(ctx.settings, ctx.auth_profiles, clock=clock, **kw)
+    alerts = Alerts(ctx.settings, clock=clock, **kw)
     alerts.start()
     return alerts
 
@@ -199,38 +201,83 @@ def test_stale_poller_alert_once_per_episode(smtp: SMTPReceiver) -> None:
     assert len(smtp.messages) == 3
 
 
-def test_expiring_proxy_alert(smtp: SMTPReceiver, tmp_path: Path) -> None:
+def test_credential_alerts_come_from_the_managers_health(smtp: SMTPReceiver, tmp_path: Path) -> None:
+    """Every kind of profile, as the credential manager sees it: an X509 proxy below minlife, a
+    missing proxy, a token whose refresh fails, an SSH key open to others. Healthy ones are quiet,
+    repeats are throttled, and a change reported by the manager is mailed at once."""
+    now = time.time()
     short = write_proxy(tmp_path / "x509up_short", dt.timedelta(days=1))
     long = write_proxy(tmp_path / "x509up_long", dt.timedelta(days=10))
-    clock = Clock(time.time())
+    token = tmp_path / "token"
+    token.write_text(make_jwt(now + 120) + "\n")
+    good_token = tmp_path / "good-token"
+    good_token.write_text(make_jwt(now + 86400) + "\n")
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-key\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    fail = f"{sys.executable} -c 'import sys; print(\"issuer down\", file=sys.stderr); sys.exit(3)'"
     auth = {
         "atlas-short": (
             "X509",
-            {"proxyfile": str(short), "minlife": 259200, "myproxy_passphrase": "pp-secret-9"},
+            {"proxyfile": str(short), "minlife": 259200, "renew": False, "myproxy_passphrase": "pp-secret-9"},
         ),
-        "atlas-long": ("X509", {"proxyfile": str(long)}),
-        "atlas-missing": ("X509", {"proxyfile": str(tmp_path / "nope")}),
-        "key": ("SSH", {}),
+        "atlas-long": ("X509", {"proxyfile": str(long), "renew": False}),
+        "atlas-missing": ("X509", {"proxyfile": str(tmp_path / "nope"), "renew": False}),
+        "tok": ("Token", {"tokenfile": str(token), "minlife": 600, "refresh": fail}),
+        "good-tok": ("Token", {"tokenfile": str(good_token)}),
+        "ssh": ("SSH", {"privatekeyfile": str(key)}),
     }
-    alerts = make(smtp.address, clock, auth=auth)
+    ctx = factory_context("BNL-apf", auth=auth)
+    clock = Clock(now)
+    manager = CredentialManager(ctx.auth_profiles, factory_id="BNL-apf", clock=clock)
+    alerts = make(smtp.address, clock, credentials=manager.all_health)
+    # as the factory wires it: the manager's changes reach the alerter's on_credential hook
+    manager.on_change = lambda _name, _old, health: alerts.on_credential(health)
     try:
-        alerts.on_start("BNL-apf", ["Q1"])  # checks credentials on the worker thread
-        assert smtp.wait_count(2)
-        subjects = sorted(smtp.subjects())
-        assert subjects == [
-            "[autopyfactory BNL-apf] credential atlas-missing is unusable",
-            "[autopyfactory BNL-apf] credential atlas-short expires soon",
-        ]
+        manager.inspect_all()  # health from the files: no tool runs yet
+        pre = "[autopyfactory BNL-apf] "
+        expected = {
+            pre + "credential atlas-missing is expired",
+            pre + "credential atlas-short is expiring",
+            pre + "credential ssh is failing",
+            pre + "credential tok is expiring",  # below its minlife, not refreshed yet
+        }
+        assert smtp.wait_count(4)
+        assert not smtp.wait_count(5, timeout=0.5)
+        assert set(smtp.subjects()) == expected
         bodies = {str(m["Subject"]): m.get_content() for _, _, m in smtp.messages}
-        body = bodies["[autopyfactory BNL-apf] credential atlas-short expires soon"]
-        assert str(short) in body and "has 23h 59m left" in body and "x509.minlife = 259200" in body
-        assert "pp-secret-9" not in "".join(bodies.values())
-        # the periodic check repeats the same text: throttled
+        short_body = bodies[pre + "credential atlas-short is expiring"]
+        assert "Auth profile atlas-short (X509) is expiring." in short_body and "It ends at " in short_body
+        assert "queues still submit" in short_body
+        assert "does not exist" in bodies[pre + "credential atlas-missing is expired"]
+        assert "accessible by group or others" in bodies[pre + "credential ssh is failing"]
+        assert "submit nothing" in bodies[pre + "credential ssh is failing"]
+
+        # the periodic check finds the same problems in the same words: throttled
         found = alerts.check_credentials()
-        assert len(found) == 2 and alerts.suppressed == 2
+        assert len(found) == 4 and alerts.suppressed == 4
+
+        # the token's refresh fails (a renewal failure): mailed at once through the manager's change
+        assert manager.check_now("tok").state is HealthState.FAILING
+        assert smtp.wait_count(5)
+        body = {str(m["Subject"]): m.get_content() for _, _, m in smtp.messages}[
+            pre + "credential tok is failing"
+        ]
+        assert "Auth profile tok (Token) is failing." in body and "issuer down" in body
+        # after the repeat window the lasting problems go out again
+        clock.now += 3601
+        alerts.check_credentials()
+        assert smtp.wait_count(9)
+        assert not smtp.wait_count(10, timeout=0.5)
+        assert not any("good-tok" in s or "atlas-long" in s for s in smtp.subjects())
+        everything = "".join(m.as_string() for _, _, m in smtp.messages)
+        assert "pp-secret-9" not in everything
+        assert (
+            token.read_text().strip() not in everything and good_token.read_text().strip() not in everything
+        )
     finally:
         alerts.close()
-    assert len(smtp.messages) == 2
+        manager.stop(timeout=5)
 
 
 def test_openssl_fallback_reads_the_same_end_date(tmp_path: Path) -> None:
@@ -274,7 +321,7 @@ def test_undelivered_alert_is_not_throttled(tmp_path: Path) -> None:
 
 def test_disabled_without_address_or_server() -> None:
     ctx = factory_context("F")
-    alerts = Alerts(ctx.settings, {})
+    alerts = Alerts(ctx.settings)
     assert not alerts.enabled
     alerts.start()
     alerts.on_action_failed("Q", "T", "e")

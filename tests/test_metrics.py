@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from autopyfactory.config.models import parse_address
+from autopyfactory.credentials import CredentialManager, HealthState
+from autopyfactory.credentials.metrics import CredentialCollector
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.metrics import Metrics
 from autopyfactory.model import Decision, Demand, Pilot, PilotState, Plan, Step, Submit, Supply
 from autopyfactory.web.app import metrics_route
 from autopyfactory.web.server import WebServer
+from fakepanda import factory_context
+from tests.helpers import make_jwt
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,3 +190,60 @@ def test_parse_address() -> None:
         parse_address("host:http")
     with pytest.raises(ValueError, match="out of range"):
         parse_address("host:70000")
+
+
+def test_credential_health_on_metrics_follows_a_failing_refresh(
+    metrics: tuple[Metrics, Clock], tmp_path: Path
+) -> None:
+    """The credential manager's health (real Token profiles, a real refresh command that fails)
+    through ``CredentialCollector`` on the served /metrics: seconds left, state, usable."""
+    m, _ = metrics
+    now = time.time()
+    jwt = tmp_path / "jwt"
+    jwt.write_text(make_jwt(now + 3600) + "\n")
+    opaque = tmp_path / "opaque"
+    opaque.write_text("not-a-jwt\n")
+    ctx = factory_context(
+        auth={
+            "tok": (
+                "Token",
+                {
+                    "tokenfile": str(jwt),
+                    "minlife": 600,
+                    "refresh": f"{sys.executable} -c 'import sys; sys.exit(3)'",
+                },
+            ),
+            "opaque": ("Token", {"tokenfile": str(opaque)}),
+        }
+    )
+    manager = CredentialManager(ctx.auth_profiles, factory_id="BNL-apf")
+    m.registry.register(CredentialCollector(manager.all_health, time.time))
+    try:
+        manager.inspect_all()
+        got = scrape(m)
+        assert 3500 < got[q("apf_credential_seconds_left", profile="tok", kind="Token")] <= 3600
+        assert got[q("apf_credential_state", profile="tok", state="ok")] == 1.0
+        assert got[q("apf_credential_state", profile="tok", state="failing")] == 0.0
+        assert got[q("apf_credential_usable", profile="tok")] == 1.0
+        # a token without a known end: no seconds-left series, still usable
+        assert q("apf_credential_seconds_left", profile="opaque", kind="Token") not in got
+        assert got[q("apf_credential_usable", profile="opaque")] == 1.0
+
+        # below minlife: the manager runs the refresh command, which fails
+        jwt.write_text(make_jwt(now + 120) + "\n")
+        assert manager.check_now("tok").state is HealthState.FAILING
+        got = scrape(m)
+        assert 0 < got[q("apf_credential_seconds_left", profile="tok", kind="Token")] <= 120
+        assert got[q("apf_credential_state", profile="tok", state="failing")] == 1.0
+        assert got[q("apf_credential_state", profile="tok", state="ok")] == 0.0
+        assert got[q("apf_credential_usable", profile="tok")] == 0.0  # time left, but failing
+
+        # gone: expired
+        jwt.unlink()
+        assert manager.check_now("tok").state is HealthState.EXPIRED
+        got = scrape(m)
+        assert got[q("apf_credential_state", profile="tok", state="expired")] == 1.0
+        assert q("apf_credential_seconds_left", profile="tok", kind="Token") not in got
+        assert got[q("apf_credential_usable", profile="opaque")] == 1.0
+    finally:
+        manager.stop(timeout=5)

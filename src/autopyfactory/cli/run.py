@@ -378,7 +378,7 @@ def attach_reporters(factory: Factory, *, alerts: bool = True) -> WebService:
     web = WebService(factory, metrics.registry).start()
     if not alerts:
         return web
-    mailer = Alerts(factory.config.settings, factory.config.auth, maxage=_maxages(factory))
+    mailer = Alerts(factory.config.settings, factory.credential_health, maxage=_maxages(factory))
     if mailer.enabled:
         mailer.start()
         factory.observers.append(mailer)

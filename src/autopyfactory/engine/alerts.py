@@ -4,14 +4,17 @@ within ``factoryMinEmailRepeatSeconds``.
 
 Alerts:
 
-* an expiring credential: an X509 proxy file (auth profile ``plugin = X509``) whose remaining
-  lifetime is below the profile's ``x509.minlife``, or that cannot be read;
+* a credential that is expiring, failing or expired, as the credential manager sees it (the same
+  health that gates submissions, ``apf status`` and the metrics show): any kind of profile (X509
+  with its VOMS attributes' end, tokens, SSH and cloud keys), failed renewals included. Sent when
+  the manager reports a change (``on_credential``) and re-checked every
+  ``credential_check_interval`` so a lasting problem is mailed again after the repeat window;
 * a queue failing repeatedly: ``failures`` consecutive failed actions (``on_action_failed``; a
   submission resets the count);
 * a poller gone stale: no successful poll of an endpoint for longer than its maxage.
 
-Everything that takes time (reading proxies, ``openssl``, SMTP) runs on the alerter's own worker
-thread; the Observer hooks only count and enqueue.
+Everything that takes time (SMTP) runs on the alerter's own worker thread; the Observer hooks
+only count and enqueue. ``proxy_not_after`` stays here for the dashboard's own proxy view.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
+from autopyfactory.credentials.health import CredentialHealth, HealthState
 from autopyfactory.engine.events import Observer
 from autopyfactory.model import Pilot
 
@@ -94,13 +98,31 @@ def parse_smtp_server(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 0:
-        return f"expired {_duration(-seconds)} ago"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days}d {hours}h {rest // 60}m" if days else f"{hours}h {rest // 60}m"
+def credential_alert(health: CredentialHealth, now: float) -> Alert | None:
+    """The alert a profile's health calls for (None while it is fine). The text carries the end
+    time, not the time left, so the same problem reads the same and the repeat window holds it."""
+    left = health.seconds_left(now)
+    if health.state is HealthState.EXPIRED or (left is not None and left <= 0):
+        word = "expired"
+    elif health.state is HealthState.FAILING:
+        word = "failing"
+    elif health.state is HealthState.EXPIRING:
+        word = "expiring"
+    else:
+        return None  # ok, or renewing with time left
+    lines = [f"Auth profile {health.name} ({health.kind}) is {word}."]
+    if health.error:
+        lines.append(f"Error: {health.error}")
+    if health.expires_at is not None:
+        verb = "ended" if left is not None and left <= 0 else "ends"
+        lines.append(f"It {verb} at {_iso(health.expires_at)}.")
+    if health.detail:
+        lines.append(f"Credential: {health.detail}")
+    if word == "expiring":
+        lines.append("It is below its renewal threshold and was not renewed; queues still submit with it.")
+    else:
+        lines.append("Queues that use it submit nothing until it is usable again.")
+    return Alert(f"credential {health.name} is {word}", "\n".join(lines) + "\n")
 
 
 class Alerts(Observer):
@@ -109,7 +131,7 @@ class Alerts(Observer):
     def __init__(
         self,
         settings: Any,
-        auth_profiles: Mapping[str, Any] | None = None,
+        credentials: Callable[[], Mapping[str, CredentialHealth]] | None = None,
         *,
         failures: int = 3,
         maxage: Mapping[str, float] | float = 360.0,
@@ -123,7 +145,8 @@ class Alerts(Observer):
         self.smtp = parse_smtp_server(settings.factorySMTPServer) if settings.factorySMTPServer else None
         self.repeat = float(settings.factoryMinEmailRepeatSeconds)
         self.sender = f"{settings.factoryUser or 'autopyfactory'}@{socket.getfqdn()}"
-        self.auth_profiles = dict(auth_profiles or {})
+        # the credential manager's health (``Factory.credential_health``); none: no credential alerts
+        self.credentials = credentials
         self.failure_threshold = failures
         self.maxage = maxage
         self.credential_check_interval = credential_check_interval
@@ -197,6 +220,14 @@ class Alerts(Observer):
         except Exception:
             log.exception("alerts on_action_failed")
 
+    def on_credential(self, health: CredentialHealth) -> None:
+        try:
+            alert = credential_alert(health, self.clock())
+            if alert is not None:
+                self.send(alert.subject, alert.body)  # queued: the worker mails it
+        except Exception:
+            log.exception("alerts on_credential")
+
     def on_cycle(self, duration: float, queues_decided: int, now: float) -> None:
         try:
             self._check_stale(now, {})
@@ -234,27 +265,11 @@ class Alerts(Observer):
             )
 
     def check_credentials(self, now: float | None = None) -> list[Alert]:
-        """Check every X509 profile's proxy; send and return the alerts (runs on the worker)."""
+        """Alert on every profile the credential manager reports expiring, failing or expired;
+        returns the alerts (sent unless the same one went out within the repeat window)."""
         now = self.clock() if now is None else now
-        alerts: list[Alert] = []
-        for name, profile in sorted(self.auth_profiles.items()):
-            if profile.plugin != "X509":
-                continue
-            options = profile.options
-            path = str(Path(options.proxyfile).expanduser())
-            try:
-                left = proxy_not_after(path) - now
-            except CredentialError as exc:
-                alerts.append(Alert(f"credential {name} is unusable", f"Auth profile {name}: {exc}\n"))
-                continue
-            if left < options.minlife:
-                alerts.append(
-                    Alert(
-                        f"credential {name} expires soon",
-                        f"Auth profile {name}: the X509 proxy {path} has {_duration(left)} left, "
-                        f"below x509.minlife = {options.minlife} s.\n",
-                    )
-                )
+        healths = self.credentials() if self.credentials is not None else {}
+        alerts = [a for _, h in sorted(healths.items()) if (a := credential_alert(h, now)) is not None]
         for alert in alerts:
             self.send(alert.subject, alert.body)
         return alerts

@@ -7,8 +7,12 @@ quickly and never raise into the engine (slow work goes to the observer's own th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from autopyfactory.model import Demand, Pilot, Plan, Supply
+
+if TYPE_CHECKING:
+    from autopyfactory.credentials.health import CredentialHealth
 
 
 class Observer:
@@ -32,6 +36,9 @@ class Observer:
 
     def on_store(self, ok: bool, error: str | None) -> None:
         """The store started failing (``ok`` False) or works again."""
+
+    def on_credential(self, health: CredentialHealth) -> None:
+        """A credential profile's health changed (on the credential manager's threads)."""
 
     def on_interrupted(self, queue: str, instance_id: str, reason: str, spot: bool) -> None:
         """The provider stopped one of the queue's VMs (a spot interruption, capacity)."""

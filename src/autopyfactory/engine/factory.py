@@ -319,11 +319,14 @@ class Factory:
         )
 
     def _credential_changed(self, name: str, old: CredentialHealth | None, new: CredentialHealth) -> None:
-        """On the manager's threads: record the change (a credential event) and wake the loop."""
+        """On the manager's threads: record the change (a credential event), tell the observers and
+        wake the loop."""
         now = self.clock()
         self.recorder.event("credential", new.summary(now))
         if not new.usable or (old is not None and not old.usable):
             log.warning("credential %s", new.summary(now))
+        for observer in self.observers:  # e-mail alerts use this same health
+            safe(observer.on_credential, new)
         self._wake_loop()
 
     def _credentials_ready(self) -> None:

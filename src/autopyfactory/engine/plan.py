@@ -204,6 +204,7 @@ def plan_cascade(
         return out
     states: dict[str, TierState] = {}
     supplies: dict[str, Supply] = {}
+    dead: dict[str, Step] = {}  # tiers whose credential stops them, and why (for apf explain)
     for rt in cr.tiers:
         tobs = tiers[rt.name]
         supply = tobs.supply or Supply(rt.name, time=now)
@@ -212,6 +213,7 @@ def plan_cascade(
         if tobs.credential is not None:  # a dead credential: the tier cannot take pilots now
             until = now + rt.config.settings.sleep
             state = replace(state, backoff_until=max(state.backoff_until or 0.0, until))
+            dead[rt.name] = Step("Credential", 0, 0, f"{rt.name} backed off: {tobs.credential}")
         states[rt.name] = state
     alloc = allocate(cr.cascade, obs.demand, states, obs.quota_left, now)
     learn_capacity(mem, alloc, states)
@@ -225,6 +227,9 @@ def plan_cascade(
         rt = next(r for r in cr.tiers if r.name == t.tier)
         tobs = tiers[rt.name]
         decision = tier_decision(alloc, t, supplies[t.tier], now)
+        if t.tier in dead:  # the tier's binding constraint: the demand that reached it, none taken
+            step = replace(dead[t.tier], n_in=t.demand_in)
+            decision = replace(decision, steps=(*decision.steps, step))
         actions: tuple[Action, ...] = ()
         if rt.retire is not None and tobs.blocked is None:
             actions = tier_actions(t, tobs.pilots, rt.retire.overlay_killorder)
@@ -232,7 +237,10 @@ def plan_cascade(
             rt.memory, times[rt.name], decision, now, rt.config.settings.sleep
         )
         out.plans.append(Plan(rt.name, decision, actions))
-    out.summaries.append(cascade_decision(mem, alloc, states))
+    summary = cascade_decision(mem, alloc, states)
+    if dead:
+        summary = replace(summary, steps=(*summary.steps, *dead.values()))
+    out.summaries.append(summary)
     return out
 
 
