@@ -88,8 +88,8 @@ def test_dry_run_starts_nothing_and_prints_json(tmp: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
     )
+    assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["queues"]["LOCALQ"]["n"] == 5
     assert [s["plugin"] for s in doc["queues"]["LOCALQ"]["steps"]] == ["Ready", "MaxPerCycle"]
