@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--step", default="10m", help="cycle length (seconds or 10m, 1h; default 10m)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--per-cycle", action="store_true", help="include every cycle in the report")
-    parser.add_argument("--html", metavar="FILE", help="also write the report as a self-contained web page")
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report (with --compare: the comparison) as a self-contained web page",
+    )
     parser.add_argument("--state", help="directory for the simulation's store and state (default: temporary)")
     parser.add_argument("--stop-at", help="stop at this ISO time and save the state (resume with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue a stopped simulation from --state")
@@ -133,10 +137,10 @@ def run(args: argparse.Namespace) -> int:
         if args.jobs is not None and args.jobs < 1:
             raise UsageError("--jobs must be at least 1")
         if args.compare:
-            if args.state or args.stop_at or args.resume or args.per_cycle or args.policy or args.html:
+            if args.state or args.stop_at or args.resume or args.per_cycle or args.policy:
                 raise UsageError(
                     "--compare runs whole simulations of the configurations it names: "
-                    "no --policy, --state, --stop-at, --resume, --per-cycle or --html"
+                    "no --policy, --state, --stop-at, --resume or --per-cycle"
                 )
             configurations, trace = _load_compare(args, start)
         elif not args.conf:
@@ -254,5 +258,13 @@ def _compare(
         optimum=not args.no_optimum,
         progress=None if args.json else lambda msg: print(msg, file=sys.stderr),
     )
+    if args.html:
+        from autopyfactory.web.report import write_comparison
+
+        try:
+            write_comparison(args.html, result)
+        except OSError as exc:
+            print(f"apf simulate: --html {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     print(json.dumps(result) if args.json else describe_comparison(result))
     return 0

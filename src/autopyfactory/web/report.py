@@ -9,6 +9,11 @@ Charts: demand per cascade; running and pending pilots per tier; pilots submitte
 cumulative within each calendar month (the quota use), with the monthly pilot quota when the
 policy is given; cumulative cost per tier. Tables: per tier and month (from the report's exact
 figures) and every event.
+
+``apf simulate --compare --html``: the comparison's structure (``--compare --json``) as one page
+built the same way: bar charts per month (cost, unserved job-hours, pilot-hours per queue, quota
+used, pilots never started), one bar per configuration and the optimum; the text output's tables
+and each configuration's distance from the optimum.
 """
 
 from __future__ import annotations
@@ -139,4 +144,144 @@ def write_report(path: str | Path, report: Mapping[str, Any], *, policy: Any = N
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(render_report(report, policy=policy))
+    return target
+
+
+# -- apf simulate --compare --html ----------------------------------------------------------------
+
+OPTIMUM_COLOR = "#555555"
+
+
+def render_comparison(result: Mapping[str, Any], *, title: str | None = None) -> str:
+    """The page for one ``apf simulate --compare`` result (the structure ``--json`` prints): bar
+    charts per month of cost, unserved job-hours, pilot-hours per queue, quota used and pilots
+    never started, one bar per configuration (and the optimum, where it has the figure), then
+    the same tables as the text output and each configuration's distance from the optimum."""
+    configs = list(result.get("configurations") or [])
+    columns: list[tuple[str, Mapping[str, Any], str]] = [
+        (c["label"], c, PALETTE[i % len(PALETTE)]) for i, c in enumerate(configs)
+    ]
+    optimum = result.get("optimum")
+    if optimum is not None:
+        columns.append(("optimum", optimum["summary"], OPTIMUM_COLOR))
+    months = sorted({m for _, c, _ in columns for m in c["months"]})
+    queues = sorted(
+        {q for _, c, _ in columns for row in [*c["months"].values(), c["total"]] for q in row["pilot_hours"]}
+    )
+    limits: dict[str, int] = dict(result.get("quota_limits") or {})
+    charts = _comparison_charts(columns, months, queues, limits)
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    vendor = HERE / "static" / "vendor"
+    return env.get_template("compare.html").render(
+        title=title or f"Comparison {result.get('start', '?')} .. {result.get('end', '?')}",
+        result=result,
+        configs=configs,
+        optimum=optimum,
+        charts=charts,
+        header=[label for label, _, _ in columns],
+        tables=[
+            (m, _metric_rows([c["months"].get(m) for _, c, _ in columns], queues, limits)) for m in months
+        ]
+        + [("total", _metric_rows([c["total"] for _, c, _ in columns], queues, limits))],
+        data_json=_script_json(
+            {
+                "months": months,
+                "series": [{"label": label, "color": color} for label, _, color in columns],
+                "charts": [{k: v for k, v in chart.items() if k != "title"} for chart in charts],
+            }
+        ),
+        uplot_js=_inline_js((vendor / "uPlot.iife.min.js").read_text()),
+        uplot_css=Markup((vendor / "uPlot.min.css").read_text()),
+    )
+
+
+def _comparison_charts(
+    columns: list[tuple[str, Mapping[str, Any], str]],
+    months: list[str],
+    queues: list[str],
+    limits: dict[str, int],
+) -> list[dict[str, Any]]:
+    """One chart per measure: per series (column) its value in each month (None: no figure).
+    Ids are numbered, never made of names from configs."""
+
+    def values(pick: Any) -> list[list[Any]]:
+        return [[(pick(c["months"][m]) if m in c["months"] else None) for m in months] for _, c, _ in columns]
+
+    charts = [
+        {"id": "chart-cost", "title": "Cost", "unit": "cost", "values": values(lambda r: r["cost"])},
+        {
+            "id": "chart-unserved",
+            "title": "Unserved job-hours",
+            "unit": "job-hours",
+            "values": values(lambda r: r["unserved_job_hours"]),
+        },
+    ]
+    for i, q in enumerate(queues):
+        charts.append(
+            {
+                "id": f"chart-hours-{i}",
+                "title": f"Pilot-hours of {q}",
+                "unit": "pilot-hours",
+                "values": values(lambda r, q=q: r["pilot_hours"].get(q, 0.0)),
+            }
+        )
+    for i, (q, limit) in enumerate(sorted(limits.items())):
+        charts.append(
+            {
+                "id": f"chart-quota-{i}",
+                "title": f"Quota used of {q} (of {limit} pilots a month)",
+                "unit": "pilots",
+                "values": values(lambda r, q=q: r["quota_used"].get(q)),
+                "limit": limit,
+            }
+        )
+    charts.append(
+        {
+            "id": "chart-never",
+            "title": "Pilots never started",
+            "unit": "pilots",
+            "values": values(lambda r: r["never_started"]),
+        }
+    )
+    return charts
+
+
+def _metric_rows(
+    rows: list[Mapping[str, Any] | None], queues: list[str], limits: dict[str, int]
+) -> list[tuple[str, list[str]]]:
+    """The text output's table rows (``sim.compare.describe_comparison``): a name and one cell
+    per column ("-": no figure)."""
+
+    def cells(fmt: Any) -> list[str]:
+        return [fmt(r) if r is not None else "-" for r in rows]
+
+    def number(value: Any, digits: int) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    out = [("cost", cells(lambda r: number(r["cost"], 2)))]
+    out += [
+        (f"pilot-hours {q}", cells(lambda r, q=q: number(r["pilot_hours"].get(q, 0.0), 0))) for q in queues
+    ]
+    out += [
+        ("unserved job-hours", cells(lambda r: number(r["unserved_job_hours"], 1))),
+        ("to a running pilot, mean (min)", cells(lambda r: _minutes(r["mean_wait_s"]))),
+        ("to a running pilot, p95 (min)", cells(lambda r: _minutes(r["p95_wait_s"]))),
+        ("pilots never started", cells(lambda r: number(r["never_started"], 0))),
+    ]
+    out += [
+        (f"quota used {q} (of {limit}/month)", cells(lambda r, q=q: number(r["quota_used"].get(q), 0)))
+        for q, limit in sorted(limits.items())
+    ]
+    out.append(("events", cells(lambda r: number(r["events"], 0))))
+    return out
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def write_comparison(path: str | Path, result: Mapping[str, Any]) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_comparison(result))
     return target
