@@ -3,15 +3,18 @@ processes, Sim demand, a Sim-backed cascade with a monthly quota), over real HTT
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import wait_for, write
 from tests.webhelpers import (
     APF,
     EVIL,
@@ -301,3 +304,154 @@ def test_sigterm_stops_the_daemon_and_its_web_server(tmp_path: Path) -> None:
         kill_local_pilots(tmp_path)
     with pytest.raises(OSError):
         get(d.url + "/api/v1/health", timeout=5)
+
+
+def _jwt(exp: float) -> str:
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": int(exp)}).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJub25lIn0.{claims}.sig"
+
+
+MONITOR_PW = "MonitorPw-77"
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose things go wrong: FAILQ's Local submissions fail (its log directory cannot
+    be made: a file is in the way), SOONQ's and PASTQ's PanDA server is unreachable and their
+    Token profiles expire soon or expired, and the monitor's URL carries user:password."""
+    base = tmp_path_factory.mktemp("webtrouble")
+    extra = """
+    [FAILQ]
+    wmsqueue = FAILQ
+    wmsstatus.sim.activated = 2
+    monitorsection = apfmon
+
+    [SOONQ]
+    wmsqueue = SOONQ
+    wmsstatusplugin = Panda
+    wmsstatus.panda.url = http://127.0.0.1:1/api/v1
+    wmsstatus.panda.auth = soon
+
+    [PASTQ]
+    wmsqueue = PASTQ
+    wmsstatusplugin = Panda
+    wmsstatus.panda.url = http://127.0.0.1:1/api/v1
+    wmsstatus.panda.auth = past
+    """
+    conf = write_config(base, web_queues(base, extra=extra), "monitorConf = monitor.conf\n")
+    now = time.time()
+    write(base / "soon.jwt", _jwt(now + 300))  # token.minlife is 600 s: expiring
+    write(base / "past.jwt", _jwt(now - 300))
+    write(
+        base / "auth.conf",
+        f"""
+        [soon]
+        plugin = Token
+        token.tokenfile = {base / "soon.jwt"}
+
+        [past]
+        plugin = Token
+        token.tokenfile = {base / "past.jwt"}
+        """,
+    )
+    write(
+        base / "monitor.conf",
+        f"[apfmon]\nmonitorplugin = APF\nmonitorURL = http://apfuser:{MONITOR_PW}@127.0.0.1:1/api\n",
+    )
+    for when in (now, now + 86400):  # today's and tomorrow's (UTC) log directory of FAILQ
+        day = base / "logs" / time.strftime("%Y-%m-%d", time.gmtime(when))
+        day.mkdir(parents=True, exist_ok=True)
+        (day / "FAILQ").write_text("a file where the log directory should be\n")
+    d = start_daemon(conf)
+    try:
+        wait_for(
+            lambda: (
+                get_json(f"{d.url}/api/v1/status")["queues"]["FAILQ"]["state"] == "backing off"
+                and get_json(f"{d.url}/api/v1/health")["monitors"][0]["failed"]
+            ),
+            60,
+            "FAILQ backing off and the monitor failing",
+        )
+        yield d
+    finally:
+        rc = d.stop()
+        kill_local_pilots(base)
+        assert rc == 0, d.log.read_text()[-3000:]
+
+
+def test_a_failing_target_backs_its_queue_off(troubled: Daemon) -> None:
+    failq = get_json(f"{troubled.url}/api/v1/queues/FAILQ")["summary"]
+    assert failq["state"] == "backing off"
+    assert failq["state_detail"].startswith("local:FAILQ: cannot create the log directory")
+    assert re.search(r"\(until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$", failq["state_detail"])
+    assert failq["binding"] == "Ready" and failq["last_n"] == 2  # the decision was made; the action failed
+    listed = get_json(f"{troubled.url}/api/v1/queues?state={quote('backing off')}")
+    assert [q["name"] for q in listed["items"]] == ["FAILQ"]
+    status, _, body = get(f"{troubled.url}/?state={quote('backing off')}")
+    assert status == 200 and b'<tr class="state-backing-off">' in body
+    assert b"cannot create the log directory" in body and b">FAILQ</a>" in body
+    health = get_json(f"{troubled.url}/api/v1/health")
+    (target,) = health["targets"]
+    assert target["target"] == "local:FAILQ" and target["failures"] >= 1
+    assert "cannot create the log directory" in target["error"] and target["backoff_until"] > 0
+    page = get(f"{troubled.url}/health")[2].decode()
+    targets = page.split('id="targets"', 1)[1].split("</table>", 1)[0]
+    assert "local:FAILQ" in targets and "cannot create the log directory" in targets
+
+
+def test_events_are_stored_numbered_and_on_the_queue_page(troubled: Daemon) -> None:
+    events = get_json(f"{troubled.url}/api/v1/events?queue=FAILQ&limit=5")
+    assert events and all(e["queue"] == "FAILQ" for e in events)
+    failed = [e for e in events if e["kind"] == "action-failed"]
+    assert failed and "cannot create the log directory" in failed[0]["message"]
+    ids = [e["id"] for e in events]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids, reverse=True)  # newest first
+    assert get_json(f"{troubled.url}/api/v1/events?queue=NOPE") == []
+    everything = get_json(f"{troubled.url}/api/v1/events?limit=1000")
+    assert {e["id"] for e in failed} <= {e["id"] for e in everything}
+    assert get(f"{troubled.url}/api/v1/events?limit=0")[0] == 422
+    # the queue's API detail and page show the same events
+    detail = get_json(f"{troubled.url}/api/v1/queues/FAILQ")
+    assert failed[0]["id"] in {e["id"] for e in detail["events"]}
+    page = get(f"{troubled.url}/queues/FAILQ")[2].decode()
+    shown = page.split('id="events"', 1)[1].split("</table>", 1)[0]
+    assert '<span class="kind">action-failed</span>' in shown and "cannot create the log directory" in shown
+
+
+def test_expiring_and_expired_credentials_mark_their_queues(troubled: Daemon) -> None:
+    queues = get_json(f"{troubled.url}/api/v1/status")["queues"]
+    assert queues["SOONQ"]["state"] == "credential expiring"
+    assert queues["SOONQ"]["state_detail"] == "soon: expiring"
+    assert queues["PASTQ"]["state"] == "credential expiring"
+    assert "past" in queues["PASTQ"]["state_detail"] and "expired" in queues["PASTQ"]["state_detail"]
+    health = get_json(f"{troubled.url}/api/v1/health")
+    creds = {c["name"]: c for c in health["credentials"]}
+    assert creds["soon"]["status"] == "expiring" and 0 < creds["soon"]["seconds_left"] <= 300
+    assert creds["past"]["status"] == "expired" and creds["past"]["seconds_left"] < 0
+    assert creds["soon"]["queues"] == creds["past"]["queues"] == 1
+    status, _, body = get(f"{troubled.url}/?state={quote('credential expiring')}&sort=name")
+    rows = re.findall(rb'<tr class="state-credential-expiring">.*?<a [^>]*>(\w+)</a>', body, re.S)
+    assert status == 200 and rows == [b"PASTQ", b"SOONQ"]
+    page = get(f"{troubled.url}/health")[2].decode()
+    assert '<tr class="cred-expiring"><td>soon</td>' in page
+    assert '<tr class="cred-expired"><td>past</td>' in page
+
+
+def test_health_shows_failing_pollers_and_the_monitor_without_its_password(troubled: Daemon) -> None:
+    health = get_json(f"{troubled.url}/api/v1/health")
+    panda = [p for p in health["pollers"] if p["label"].startswith("wmsstatus Panda")]
+    assert panda and all(p["failures"] >= 1 and "connection refused" in p["error"] for p in panda)
+    assert all(p["state"].startswith("backing off for ") for p in panda)
+    assert all(p["next_attempt"] > health["time"] and p["ok_time"] is None for p in panda)
+    (monitor,) = health["monitors"]
+    assert monitor["section"] == "apfmon" and monitor["plugin"] == "APF" and monitor["queues"] == 1
+    assert monitor["url"] == "http://127.0.0.1:1/api" and monitor["failed"] >= 1
+    assert monitor["last_error"] and "PUT /factories/web-test" in monitor["last_error"]
+    page = get(f"{troubled.url}/health")[2].decode()
+    pollers = page.split('id="pollers"', 1)[1].split("</table>", 1)[0]
+    assert "backing off for" in pollers and "connection refused" in pollers
+    monitors = page.split('id="monitors"', 1)[1].split("</table>", 1)[0]
+    assert "<td>http://127.0.0.1:1/api</td>" in monitors and "PUT /factories/web-test" in monitors
+    for path in ("/health", "/api/v1/health", "/partials/health", "/api/v1/status", "/"):
+        assert MONITOR_PW.encode() not in get(troubled.url + path)[2], path
+    assert MONITOR_PW not in troubled.log.read_text()  # nor in the daemon's log
