@@ -18,6 +18,7 @@ from tests.helpers import wait_for, write
 from tests.webhelpers import (
     APF,
     EVIL,
+    POLICY,
     Daemon,
     get,
     get_json,
@@ -122,6 +123,12 @@ def test_overview_pages_filters_and_sorts(daemon: Daemon) -> None:
     demands = [q["demand"] for q in by_demand["items"] if q["demand"] is not None]
     assert demands == sorted(demands, reverse=True)
     assert max(by_demand["sparklines"]["LOCALQ"]["demand"]) == 2
+    # the binding constraint: the plugin that set the last decision's n (TA's is its cascade)
+    ta = get_json(f"{daemon.url}/api/v1/queues?q=TA")["items"][0]
+    assert ta["binding"] == "Cascade:burst"
+    assert get_json(f"{daemon.url}/api/v1/decisions/TA?last=1")["decisions"][0]["binding"] == "Cascade:burst"
+    row = get(f"{daemon.url}/?q=TA")[2].decode().split('class="queue"', 1)[1].split("</tr>", 1)[0]
+    assert ">TA</a>" in row and re.findall(r"<td>([^<]*)</td>", row) == ["Cascade:burst"]
     assert get(f"{daemon.url}/api/v1/queues?sort=nonsense")[0] == 422
     assert get(f"{daemon.url}/api/v1/queues?per_page=100000")[0] == 422
 
@@ -174,7 +181,31 @@ def test_cascade_tiers_quota_burn_down_and_costs(daemon: Daemon) -> None:
     quota = c["quotas"][0]
     assert quota["tier"] == "TB" and quota["limit_pilots"] == 40 and quota["unit"] == "pilots"
     assert quota["remaining"][0] == 40 and quota["remaining"][-1] == 40 - quota["used_pilots"]
-    assert quota["rate_per_hour"] > 0
+    # the burn rate: TB's pilots (all started by this daemon) over the last day, or since the
+    # month began when that is shorter; the forecast extrapolates it from now
+    now, left = quota["t"][-1], quota["limit_pilots"] - quota["used_pilots"]
+    span_h = max((now - max(quota["start"], now - 86400)) / 3600, 1 / 60)
+    assert quota["rate_per_hour"] == pytest.approx(quota["used_pilots"] / span_h, abs=0.001)
+    runs_out = now + left / quota["rate_per_hour"] * 3600
+    if quota["runs_out_at"] is not None:
+        assert quota["runs_out_at"] < quota["end"]
+        assert quota["runs_out_at"] - now == pytest.approx(runs_out - now, rel=0.01)
+    else:  # at this rate the quota lasts the month
+        assert runs_out - now >= (quota["end"] - now) * 0.99
+    assert not quota["exhausted"]
+    page = get(f"{daemon.url}/cascades")[2].decode()
+    caption = page.split('<figure class="quota">', 1)[1].split("</figcaption>", 1)[0]
+    forecast = re.search(r'<b class="forecast">([^<]+)</b>', caption)
+    if quota["runs_out_at"] is not None:
+        assert forecast is not None, caption
+        shown = time.mktime(time.strptime(forecast.group(1), "%Y-%m-%d %H:%M:%SZ")) - time.timezone
+        assert shown == pytest.approx(quota["runs_out_at"], abs=60)  # the page is rendered seconds later
+    else:
+        assert forecast is None and "it lasts the period" in caption
+    # a tier at its cap says so
+    assert ta["status"] == "capped" and ta["cap_room"] == 0 and ta["running"] == 3
+    assert ta["reason"].startswith("capped at 3")
+    assert re.search(r'<tr class="tier tier-capped">\s*<td>1</td>\s*<td><a [^>]*>TA</a>', page)
     assert {t["tier"] for t in c["costs"]} == {"TA", "TB", "TC"}
     assert all(len(t["months"]) == 2 for t in c["costs"])
     assert get_json(f"{daemon.url}/api/v1/cascades")[0]["name"] == "burst"
@@ -213,7 +244,10 @@ def test_openapi_documents_the_api_and_swagger_ui_is_off(daemon: Daemon) -> None
         "/api/v1/decisions/{name}",
         "/api/v1/series/{name}",
         "/api/v1/cascades",
+        "/api/v1/cascades/{name}",
         "/api/v1/health",
+        "/api/v1/events",
+        "/api/v1/reports",
     ):
         assert path in doc["paths"], path
     assert "StatusReport" in doc["components"]["schemas"]
@@ -312,13 +346,21 @@ def _jwt(exp: float) -> str:
 
 
 MONITOR_PW = "MonitorPw-77"
+TIGHT = """
+  - name: tight
+    demand: TIGHT
+    tiers:
+      - {queue: QA, quotas: [{per: month, pilots: 2}], spill_on: [quota], cost_per_hour: 36.0}
+      - {queue: QB, cap: 1}
+"""
 
 
 @pytest.fixture(scope="module")
 def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose things go wrong: FAILQ's Local submissions fail (its log directory cannot
     be made: a file is in the way), SOONQ's and PASTQ's PanDA server is unreachable and their
-    Token profiles expire soon or expired, and the monitor's URL carries user:password."""
+    Token profiles expire soon or expired, the monitor's URL carries user:password, and cascade
+    "tight" has a tier whose monthly quota (2 pilots) is spent before its demand (4) is met."""
     base = tmp_path_factory.mktemp("webtrouble")
     extra = """
     [FAILQ]
@@ -337,8 +379,22 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     wmsstatusplugin = Panda
     wmsstatus.panda.url = http://127.0.0.1:1/api/v1
     wmsstatus.panda.auth = past
+
+    [QA]
+    wmsqueue = TIGHT
+    wmsstatus.sim.activated = 4
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.runtime = 1h
+
+    [QB]
+    wmsqueue = TIGHT
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.runtime = 1h
     """
     conf = write_config(base, web_queues(base, extra=extra), "monitorConf = monitor.conf\n")
+    write(base / "policy.yaml", POLICY + TIGHT)
     now = time.time()
     write(base / "soon.jwt", _jwt(now + 300))  # token.minlife is 600 s: expiring
     write(base / "past.jwt", _jwt(now - 300))
@@ -372,6 +428,14 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
             60,
             "FAILQ backing off and the monitor failing",
         )
+        wait_for(
+            lambda: (
+                [(t["status"], t["quota_left"]) for t in get_json(f"{d.url}/api/v1/cascades/tight")["tiers"]]
+                == [("out of quota", 0), ("capped", None)]
+            ),
+            60,
+            "QA out of its quota of 2 (in a cycle after the one that spent it), QB at its cap of 1",
+        )
         yield d
     finally:
         rc = d.stop()
@@ -390,6 +454,7 @@ def test_a_failing_target_backs_its_queue_off(troubled: Daemon) -> None:
     status, _, body = get(f"{troubled.url}/?state={quote('backing off')}")
     assert status == 200 and b'<tr class="state-backing-off">' in body
     assert b"cannot create the log directory" in body and b">FAILQ</a>" in body
+    assert b"<td>Ready</td>" in body  # the binding column: Ready set n (MaxPerCycle allows 5)
     health = get_json(f"{troubled.url}/api/v1/health")
     (target,) = health["targets"]
     assert target["target"] == "local:FAILQ" and target["failures"] >= 1
@@ -455,3 +520,29 @@ def test_health_shows_failing_pollers_and_the_monitor_without_its_password(troub
     for path in ("/health", "/api/v1/health", "/partials/health", "/api/v1/status", "/"):
         assert MONITOR_PW.encode() not in get(troubled.url + path)[2], path
     assert MONITOR_PW not in troubled.log.read_text()  # nor in the daemon's log
+
+
+def test_a_tier_out_of_quota_and_what_its_pilots_cost(troubled: Daemon) -> None:
+    c = get_json(f"{troubled.url}/api/v1/cascades/tight")
+    qa, qb = c["tiers"]
+    # demand 4: QA's quota of 2 is spent, QB's cap of 1 reached, 1 left unmet
+    assert (qa["status"], qa["quota_left"], qb["status"]) == ("out of quota", 0, "capped")
+    assert qa["reason"].startswith("quota spent for this period") and c["unmet"] == 1
+    (quota,) = c["quotas"]
+    assert quota["tier"] == "QA" and quota["used_pilots"] == 2 and quota["exhausted"]
+    now = quota["t"][-1]
+    assert quota["remaining"][-1] == 0 and quota["runs_out_at"] == now  # it has run out: now
+    # QA's cost this month: its two pilots' hours so far (they run for 1h) at 36 per hour
+    pilots = get_json(f"{troubled.url}/api/v1/queues/QA")["pilots"]
+    started = [p["started_at"] for p in pilots if p["started_at"] is not None]
+    assert len(started) == 2
+    hours = sum(now - t for t in started) / 3600
+    (costs,) = [t for t in c["costs"] if t["tier"] == "QA"]
+    month = costs["months"][quota["period"]]
+    assert costs["cost_per_hour"] == 36.0 and month["pilots"] == 2
+    assert month["pilot_hours"] == pytest.approx(hours, abs=0.005)
+    assert month["cost"] == pytest.approx(hours * 36.0, abs=0.01) and month["cost"] > 0
+    page = get(f"{troubled.url}/cascades")[2].decode()
+    tight = page.split('id="cascade-tight"', 1)[1]
+    assert re.search(r'<tr class="tier tier-out-of-quota">\s*<td>1</td>\s*<td><a [^>]*>QA</a>', tight)
+    assert '<span class="bad">exhausted</span>' in tight.split("</figcaption>", 1)[0]
