@@ -3,18 +3,22 @@ processes, Sim demand, a Sim-backed cascade with a monthly quota), over real HTT
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import wait_for, write
 from tests.webhelpers import (
     APF,
     EVIL,
+    POLICY,
     Daemon,
     get,
     get_json,
@@ -119,6 +123,12 @@ def test_overview_pages_filters_and_sorts(daemon: Daemon) -> None:
     demands = [q["demand"] for q in by_demand["items"] if q["demand"] is not None]
     assert demands == sorted(demands, reverse=True)
     assert max(by_demand["sparklines"]["LOCALQ"]["demand"]) == 2
+    # the binding constraint: the plugin that set the last decision's n (TA's is its cascade)
+    ta = get_json(f"{daemon.url}/api/v1/queues?q=TA")["items"][0]
+    assert ta["binding"] == "Cascade:burst"
+    assert get_json(f"{daemon.url}/api/v1/decisions/TA?last=1")["decisions"][0]["binding"] == "Cascade:burst"
+    row = get(f"{daemon.url}/?q=TA")[2].decode().split('class="queue"', 1)[1].split("</tr>", 1)[0]
+    assert ">TA</a>" in row and re.findall(r"<td>([^<]*)</td>", row) == ["Cascade:burst"]
     assert get(f"{daemon.url}/api/v1/queues?sort=nonsense")[0] == 422
     assert get(f"{daemon.url}/api/v1/queues?per_page=100000")[0] == 422
 
@@ -171,7 +181,31 @@ def test_cascade_tiers_quota_burn_down_and_costs(daemon: Daemon) -> None:
     quota = c["quotas"][0]
     assert quota["tier"] == "TB" and quota["limit_pilots"] == 40 and quota["unit"] == "pilots"
     assert quota["remaining"][0] == 40 and quota["remaining"][-1] == 40 - quota["used_pilots"]
-    assert quota["rate_per_hour"] > 0
+    # the burn rate: TB's pilots (all started by this daemon) over the last day, or since the
+    # month began when that is shorter; the forecast extrapolates it from now
+    now, left = quota["t"][-1], quota["limit_pilots"] - quota["used_pilots"]
+    span_h = max((now - max(quota["start"], now - 86400)) / 3600, 1 / 60)
+    assert quota["rate_per_hour"] == pytest.approx(quota["used_pilots"] / span_h, abs=0.001)
+    runs_out = now + left / quota["rate_per_hour"] * 3600
+    if quota["runs_out_at"] is not None:
+        assert quota["runs_out_at"] < quota["end"]
+        assert quota["runs_out_at"] - now == pytest.approx(runs_out - now, rel=0.01)
+    else:  # at this rate the quota lasts the month
+        assert runs_out - now >= (quota["end"] - now) * 0.99
+    assert not quota["exhausted"]
+    page = get(f"{daemon.url}/cascades")[2].decode()
+    caption = page.split('<figure class="quota">', 1)[1].split("</figcaption>", 1)[0]
+    forecast = re.search(r'<b class="forecast">([^<]+)</b>', caption)
+    if quota["runs_out_at"] is not None:
+        assert forecast is not None, caption
+        shown = time.mktime(time.strptime(forecast.group(1), "%Y-%m-%d %H:%M:%SZ")) - time.timezone
+        assert shown == pytest.approx(quota["runs_out_at"], abs=60)  # the page is rendered seconds later
+    else:
+        assert forecast is None and "it lasts the period" in caption
+    # a tier at its cap says so
+    assert ta["status"] == "capped" and ta["cap_room"] == 0 and ta["running"] == 3
+    assert ta["reason"].startswith("capped at 3")
+    assert re.search(r'<tr class="tier tier-capped">\s*<td>1</td>\s*<td><a [^>]*>TA</a>', page)
     assert {t["tier"] for t in c["costs"]} == {"TA", "TB", "TC"}
     assert all(len(t["months"]) == 2 for t in c["costs"])
     assert get_json(f"{daemon.url}/api/v1/cascades")[0]["name"] == "burst"
@@ -210,7 +244,10 @@ def test_openapi_documents_the_api_and_swagger_ui_is_off(daemon: Daemon) -> None
         "/api/v1/decisions/{name}",
         "/api/v1/series/{name}",
         "/api/v1/cascades",
+        "/api/v1/cascades/{name}",
         "/api/v1/health",
+        "/api/v1/events",
+        "/api/v1/reports",
     ):
         assert path in doc["paths"], path
     assert "StatusReport" in doc["components"]["schemas"]
@@ -301,3 +338,211 @@ def test_sigterm_stops_the_daemon_and_its_web_server(tmp_path: Path) -> None:
         kill_local_pilots(tmp_path)
     with pytest.raises(OSError):
         get(d.url + "/api/v1/health", timeout=5)
+
+
+def _jwt(exp: float) -> str:
+    claims = base64.urlsafe_b64encode(json.dumps({"exp": int(exp)}).encode()).decode().rstrip("=")
+    return f"eyJhbGciOiJub25lIn0.{claims}.sig"
+
+
+MONITOR_PW = "MonitorPw-77"
+TIGHT = """
+  - name: tight
+    demand: TIGHT
+    tiers:
+      - {queue: QA, quotas: [{per: month, pilots: 2}], spill_on: [quota], cost_per_hour: 36.0}
+      - {queue: QB, cap: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose things go wrong: FAILQ's Local submissions fail (its log directory cannot
+    be made: a file is in the way), SOONQ's and PASTQ's PanDA server is unreachable and their
+    Token profiles expire soon or expired, the monitor's URL carries user:password, and cascade
+    "tight" has a tier whose monthly quota (2 pilots) is spent before its demand (4) is met."""
+    base = tmp_path_factory.mktemp("webtrouble")
+    extra = """
+    [FAILQ]
+    wmsqueue = FAILQ
+    wmsstatus.sim.activated = 2
+    monitorsection = apfmon
+
+    [SOONQ]
+    wmsqueue = SOONQ
+    wmsstatusplugin = Panda
+    wmsstatus.panda.url = http://127.0.0.1:1/api/v1
+    wmsstatus.panda.auth = soon
+
+    [PASTQ]
+    wmsqueue = PASTQ
+    wmsstatusplugin = Panda
+    wmsstatus.panda.url = http://127.0.0.1:1/api/v1
+    wmsstatus.panda.auth = past
+
+    [QA]
+    wmsqueue = TIGHT
+    wmsstatus.sim.activated = 4
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.runtime = 1h
+
+    [QB]
+    wmsqueue = TIGHT
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.runtime = 1h
+    """
+    conf = write_config(base, web_queues(base, extra=extra), "monitorConf = monitor.conf\n")
+    write(base / "policy.yaml", POLICY + TIGHT)
+    now = time.time()
+    write(base / "soon.jwt", _jwt(now + 300))  # token.minlife is 600 s: expiring
+    write(base / "past.jwt", _jwt(now - 300))
+    write(
+        base / "auth.conf",
+        f"""
+        [soon]
+        plugin = Token
+        token.tokenfile = {base / "soon.jwt"}
+
+        [past]
+        plugin = Token
+        token.tokenfile = {base / "past.jwt"}
+        """,
+    )
+    write(
+        base / "monitor.conf",
+        f"[apfmon]\nmonitorplugin = APF\nmonitorURL = http://apfuser:{MONITOR_PW}@127.0.0.1:1/api\n",
+    )
+    for when in (now, now + 86400):  # today's and tomorrow's (UTC) log directory of FAILQ
+        day = base / "logs" / time.strftime("%Y-%m-%d", time.gmtime(when))
+        day.mkdir(parents=True, exist_ok=True)
+        (day / "FAILQ").write_text("a file where the log directory should be\n")
+    d = start_daemon(conf)
+    try:
+        wait_for(
+            lambda: (
+                get_json(f"{d.url}/api/v1/status")["queues"]["FAILQ"]["state"] == "backing off"
+                and get_json(f"{d.url}/api/v1/health")["monitors"][0]["failed"]
+            ),
+            60,
+            "FAILQ backing off and the monitor failing",
+        )
+        wait_for(
+            lambda: (
+                [(t["status"], t["quota_left"]) for t in get_json(f"{d.url}/api/v1/cascades/tight")["tiers"]]
+                == [("out of quota", 0), ("capped", None)]
+            ),
+            60,
+            "QA out of its quota of 2 (in a cycle after the one that spent it), QB at its cap of 1",
+        )
+        yield d
+    finally:
+        rc = d.stop()
+        kill_local_pilots(base)
+        assert rc == 0, d.log.read_text()[-3000:]
+
+
+def test_a_failing_target_backs_its_queue_off(troubled: Daemon) -> None:
+    failq = get_json(f"{troubled.url}/api/v1/queues/FAILQ")["summary"]
+    assert failq["state"] == "backing off"
+    assert failq["state_detail"].startswith("local:FAILQ: cannot create the log directory")
+    assert re.search(r"\(until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$", failq["state_detail"])
+    assert failq["binding"] == "Ready" and failq["last_n"] == 2  # the decision was made; the action failed
+    listed = get_json(f"{troubled.url}/api/v1/queues?state={quote('backing off')}")
+    assert [q["name"] for q in listed["items"]] == ["FAILQ"]
+    status, _, body = get(f"{troubled.url}/?state={quote('backing off')}")
+    assert status == 200 and b'<tr class="state-backing-off">' in body
+    assert b"cannot create the log directory" in body and b">FAILQ</a>" in body
+    assert b"<td>Ready</td>" in body  # the binding column: Ready set n (MaxPerCycle allows 5)
+    health = get_json(f"{troubled.url}/api/v1/health")
+    (target,) = health["targets"]
+    assert target["target"] == "local:FAILQ" and target["failures"] >= 1
+    assert "cannot create the log directory" in target["error"] and target["backoff_until"] > 0
+    page = get(f"{troubled.url}/health")[2].decode()
+    targets = page.split('id="targets"', 1)[1].split("</table>", 1)[0]
+    assert "local:FAILQ" in targets and "cannot create the log directory" in targets
+
+
+def test_events_are_stored_numbered_and_on_the_queue_page(troubled: Daemon) -> None:
+    events = get_json(f"{troubled.url}/api/v1/events?queue=FAILQ&limit=5")
+    assert events and all(e["queue"] == "FAILQ" for e in events)
+    failed = [e for e in events if e["kind"] == "action-failed"]
+    assert failed and "cannot create the log directory" in failed[0]["message"]
+    ids = [e["id"] for e in events]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids, reverse=True)  # newest first
+    assert get_json(f"{troubled.url}/api/v1/events?queue=NOPE") == []
+    everything = get_json(f"{troubled.url}/api/v1/events?limit=1000")
+    assert {e["id"] for e in failed} <= {e["id"] for e in everything}
+    assert get(f"{troubled.url}/api/v1/events?limit=0")[0] == 422
+    # the queue's API detail and page show the same events
+    detail = get_json(f"{troubled.url}/api/v1/queues/FAILQ")
+    assert failed[0]["id"] in {e["id"] for e in detail["events"]}
+    page = get(f"{troubled.url}/queues/FAILQ")[2].decode()
+    shown = page.split('id="events"', 1)[1].split("</table>", 1)[0]
+    assert '<span class="kind">action-failed</span>' in shown and "cannot create the log directory" in shown
+
+
+def test_expiring_and_expired_credentials_mark_their_queues(troubled: Daemon) -> None:
+    queues = get_json(f"{troubled.url}/api/v1/status")["queues"]
+    assert queues["SOONQ"]["state"] == "credential expiring"
+    assert queues["SOONQ"]["state_detail"] == "soon: expiring"
+    assert queues["PASTQ"]["state"] == "credential expiring"
+    assert "past" in queues["PASTQ"]["state_detail"] and "expired" in queues["PASTQ"]["state_detail"]
+    health = get_json(f"{troubled.url}/api/v1/health")
+    creds = {c["name"]: c for c in health["credentials"]}
+    assert creds["soon"]["status"] == "expiring" and 0 < creds["soon"]["seconds_left"] <= 300
+    assert creds["past"]["status"] == "expired" and creds["past"]["seconds_left"] < 0
+    assert creds["soon"]["queues"] == creds["past"]["queues"] == 1
+    status, _, body = get(f"{troubled.url}/?state={quote('credential expiring')}&sort=name")
+    rows = re.findall(rb'<tr class="state-credential-expiring">.*?<a [^>]*>(\w+)</a>', body, re.S)
+    assert status == 200 and rows == [b"PASTQ", b"SOONQ"]
+    page = get(f"{troubled.url}/health")[2].decode()
+    assert '<tr class="cred-expiring"><td>soon</td>' in page
+    assert '<tr class="cred-expired"><td>past</td>' in page
+
+
+def test_health_shows_failing_pollers_and_the_monitor_without_its_password(troubled: Daemon) -> None:
+    health = get_json(f"{troubled.url}/api/v1/health")
+    panda = [p for p in health["pollers"] if p["label"].startswith("wmsstatus Panda")]
+    assert panda and all(p["failures"] >= 1 and "connection refused" in p["error"] for p in panda)
+    assert all(p["state"].startswith("backing off for ") for p in panda)
+    assert all(p["next_attempt"] > health["time"] and p["ok_time"] is None for p in panda)
+    (monitor,) = health["monitors"]
+    assert monitor["section"] == "apfmon" and monitor["plugin"] == "APF" and monitor["queues"] == 1
+    assert monitor["url"] == "http://127.0.0.1:1/api" and monitor["failed"] >= 1
+    assert monitor["last_error"] and "PUT /factories/web-test" in monitor["last_error"]
+    page = get(f"{troubled.url}/health")[2].decode()
+    pollers = page.split('id="pollers"', 1)[1].split("</table>", 1)[0]
+    assert "backing off for" in pollers and "connection refused" in pollers
+    monitors = page.split('id="monitors"', 1)[1].split("</table>", 1)[0]
+    assert "<td>http://127.0.0.1:1/api</td>" in monitors and "PUT /factories/web-test" in monitors
+    for path in ("/health", "/api/v1/health", "/partials/health", "/api/v1/status", "/"):
+        assert MONITOR_PW.encode() not in get(troubled.url + path)[2], path
+    assert MONITOR_PW not in troubled.log.read_text()  # nor in the daemon's log
+
+
+def test_a_tier_out_of_quota_and_what_its_pilots_cost(troubled: Daemon) -> None:
+    c = get_json(f"{troubled.url}/api/v1/cascades/tight")
+    qa, qb = c["tiers"]
+    # demand 4: QA's quota of 2 is spent, QB's cap of 1 reached, 1 left unmet
+    assert (qa["status"], qa["quota_left"], qb["status"]) == ("out of quota", 0, "capped")
+    assert qa["reason"].startswith("quota spent for this period") and c["unmet"] == 1
+    (quota,) = c["quotas"]
+    assert quota["tier"] == "QA" and quota["used_pilots"] == 2 and quota["exhausted"]
+    now = quota["t"][-1]
+    assert quota["remaining"][-1] == 0 and quota["runs_out_at"] == now  # it has run out: now
+    # QA's cost this month: its two pilots' hours so far (they run for 1h) at 36 per hour
+    pilots = get_json(f"{troubled.url}/api/v1/queues/QA")["pilots"]
+    started = [p["started_at"] for p in pilots if p["started_at"] is not None]
+    assert len(started) == 2
+    hours = sum(now - t for t in started) / 3600
+    (costs,) = [t for t in c["costs"] if t["tier"] == "QA"]
+    month = costs["months"][quota["period"]]
+    assert costs["cost_per_hour"] == 36.0 and month["pilots"] == 2
+    assert month["pilot_hours"] == pytest.approx(hours, abs=0.006)  # shown to 2 decimals
+    assert month["cost"] == pytest.approx(hours * 36.0, abs=0.01) and month["cost"] > 0
+    page = get(f"{troubled.url}/cascades")[2].decode()
+    tight = page.split('id="cascade-tight"', 1)[1]
+    assert re.search(r'<tr class="tier tier-out-of-quota">\s*<td>1</td>\s*<td><a [^>]*>QA</a>', tight)
+    assert '<span class="bad">exhausted</span>' in tight.split("</figcaption>", 1)[0]

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import expect
 
+from autopyfactory.web.app import REPORT_CSP
 from tests.browser import browser, open_page, painted, screenshot  # noqa: F401 (fixture)
 from tests.helpers import wait_for, write
 from tests.test_simulate import DEMAND, POLICY, QUEUES
@@ -31,6 +34,7 @@ from tests.webhelpers import (
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.browser]
 BLUE = (31, 119, 180)  # demand / remaining quota
+RED = (179, 38, 30)  # the quota forecast
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +159,17 @@ def test_cascade_page_shows_the_quota_burn_down(browser, daemon: Daemon) -> None
             "idle",
         }
         assert set(statuses) <= allowed, statuses
+        assert statuses[0] == "capped"  # TA: demand 10 against its cap of 3
+        # the forecast: the dashed red line from now, and its date when the quota runs out this month
+        assert painted(page, ".chart.burn canvas", RED) > 10
+        burn = get_json(f"{daemon.url}/api/v1/cascades/burst")["quotas"][0]
+        forecast = page.locator("figure.quota figcaption .forecast")
+        if burn["runs_out_at"] is not None:
+            assert forecast.count() == 1 and forecast.inner_text().startswith(
+                time.strftime("%Y-%m-%d", time.gmtime(burn["runs_out_at"]))
+            )
+        else:
+            assert forecast.count() == 0 and "it lasts the period" in caption
         assert page.locator("table.costs tbody tr").count() == 3
         watch.clean()
     finally:
@@ -257,17 +272,34 @@ def test_live_update_after_the_factory_submits(browser, tmp_path: Path) -> None:
         kill_local_pilots(tmp_path)
 
 
-def test_simulation_report_is_self_contained(browser, sim_report: Path) -> None:  # noqa: F811
+def _report_drawn(page: Any) -> None:
+    for chart in ("demand", "pilots", "quota", "cost"):
+        page.wait_for_selector(f"#chart-{chart}[data-rendered='1'] canvas", timeout=15_000)
+        assert painted(page, f"#chart-{chart} canvas") > 2000, chart
+    assert page.locator("#months tbody tr").count() >= 3
+    assert page.locator("#events tbody tr").count() >= 1
+
+
+def test_simulation_report_is_self_contained(browser, daemon: Daemon, sim_report: Path) -> None:  # noqa: F811
     page, watch = open_page(browser)
     try:
         page.goto(sim_report.as_uri())
-        for chart in ("demand", "pilots", "quota", "cost"):
-            page.wait_for_selector(f"#chart-{chart}[data-rendered='1'] canvas", timeout=15_000)
-            assert painted(page, f"#chart-{chart} canvas") > 2000, chart
-        assert page.locator("#months tbody tr").count() >= 3
-        assert page.locator("#events tbody tr").count() >= 1
+        _report_drawn(page)
         assert watch.requests == [sim_report.as_uri()]  # nothing else, from anywhere
         screenshot(page, "report")
+        watch.clean()
+    finally:
+        page.context.close()
+    # the same file stored in the daemon's report directory, served under the report CSP (a
+    # blocked script or style would be a console error, and the charts would not draw)
+    page, watch = open_page(browser)
+    try:
+        url = f"{daemon.url}/reports/{sim_report.name}"
+        response = page.goto(url)
+        assert response is not None and response.status == 200
+        assert response.headers["content-security-policy"] == REPORT_CSP
+        _report_drawn(page)
+        assert watch.requests == [url]
         watch.clean()
     finally:
         page.context.close()

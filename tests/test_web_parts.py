@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
 import json
 import re
 import threading
@@ -20,10 +21,12 @@ from autopyfactory.model import Decision, Step
 from autopyfactory.store.api import Store
 from autopyfactory.web import queries
 from autopyfactory.web.app import sparkline_svg
+from autopyfactory.web.config import LogSettings
 from autopyfactory.web.credentials import check_profile, jwt_expiry
-from autopyfactory.web.logserver import Forbidden, media_type, safe_path
+from autopyfactory.web.logserver import Forbidden, log_app, media_type, safe_path
 from autopyfactory.web.models import Series
 from autopyfactory.web.report import render_report
+from autopyfactory.web.server import WebServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -213,3 +216,82 @@ def test_vendored_front_end_files_match_their_checksums() -> None:
         digest, name = line.split()
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
     assert (vendor / "VERSIONS").read_text().split() == ["uplot", "1.6.32", "htmx.org", "2.0.11"]
+
+
+def _log_tree(root: Path) -> None:
+    (root / "2027-01-05" / "Q<1>").mkdir(parents=True)
+    (root / "2027-01-05" / "Q<1>" / "7.0.out").write_text("pilot 7 output\n")
+    (root / "2027-01-05" / "a&b.log").write_text("x\n")
+
+
+def test_log_server_with_listings_robots_and_a_path_prefix(tmp_path: Path) -> None:
+    """``logserver.index`` and ``allowrobots`` on, ``baseLogDirUrl`` with a path: the standalone
+    log server (``log_app``, as the daemon runs it) over real HTTP."""
+    from tests.webhelpers import get, raw_get
+
+    root = tmp_path / "logs"
+    _log_tree(root)
+    settings = LogSettings(
+        enabled=True, root=root, url="http://127.0.0.1:25880/apf/logs/", index=True, allowrobots=True
+    )
+    host, port, prefix = settings.listen()
+    assert (host, port, prefix) == ("127.0.0.1", 25880, "/apf/logs")
+    server = WebServer(log_app(settings, prefix), "127.0.0.1", 0, name="logserver test").start()
+    try:
+        url = server.url
+        # files under the prefix, nothing outside it
+        status, headers, body = get(f"{url}/apf/logs/2027-01-05/Q%3C1%3E/7.0.out")
+        assert (
+            status == 200 and body == b"pilot 7 output\n" and headers["x-content-type-options"] == "nosniff"
+        )
+        assert get(f"{url}/2027-01-05/Q%3C1%3E/7.0.out")[0] == 404
+        assert get(f"{url}/apf/2027-01-05/a%26b.log")[0] == 404
+        # listings: escaped names, quoted links, a directory without its slash is redirected
+        status, headers, body = get(f"{url}/apf/logs/2027-01-05/")
+        page = body.decode()
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert headers["content-security-policy"].startswith("sandbox")
+        assert "<title>Index of /apf/logs/2027-01-05/</title>" in page
+        assert '<a href="Q%3C1%3E/">Q&lt;1&gt;/</a>' in page and '<a href="a%26b.log">a&amp;b.log</a>' in page
+        assert "<1>" not in page
+        assert get(f"{url}/apf/logs/")[0] == 200 and b'href="2027-01-05/"' in get(f"{url}/apf/logs/")[2]
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/apf/logs/2027-01-05/Q%3C1%3E")
+        moved = conn.getresponse()
+        assert moved.status == 301 and moved.getheader("Location") == "/apf/logs/2027-01-05/Q%3C1%3E/"
+        conn.close()
+        # robots allowed: the site's own robots.txt, at the root and under the prefix; 404 without
+        assert get(f"{url}/robots.txt")[0] == 404
+        (root / "robots.txt").write_text("User-agent: *\nAllow: /\n")
+        for path in ("/robots.txt", "/apf/logs/robots.txt"):
+            status, headers, body = get(url + path)
+            assert status == 200 and body == b"User-agent: *\nAllow: /\n", path
+            assert headers["content-type"].startswith("text/plain")
+        # traversal stays refused under the prefix
+        for target in (
+            "/apf/logs/../../etc/passwd",
+            "/apf/logs/%2e%2e/%2e%2e/etc/passwd",
+            "/apf/logs/..%2f..%2fetc%2fpasswd",
+            "/apf/logs/2027-01-05/..\\..\\..\\etc\\passwd",
+        ):
+            status, body = raw_get("127.0.0.1", server.port, target)
+            assert status in (403, 404) and b"root:" not in body, (target, status)
+    finally:
+        assert server.stop()
+
+
+def test_log_server_defaults_refuse_listings_and_robots(tmp_path: Path) -> None:
+    from tests.webhelpers import get
+
+    root = tmp_path / "logs"
+    _log_tree(root)
+    (root / "robots.txt").write_text("User-agent: *\nAllow: /\n")  # not served: robots are not allowed
+    settings = LogSettings(enabled=True, root=root, url="http://127.0.0.1:25880")
+    assert settings.listen() == ("127.0.0.1", 25880, "")
+    server = WebServer(log_app(settings), "127.0.0.1", 0, name="logserver test").start()
+    try:
+        assert get(f"{server.url}/robots.txt")[2] == b"User-agent: *\nDisallow: /\n"
+        assert get(f"{server.url}/2027-01-05/")[0] == 403
+        assert get(f"{server.url}/2027-01-05/a%26b.log")[2] == b"x\n"
+    finally:
+        assert server.stop()

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import Field
 
 from autopyfactory import __version__
+from autopyfactory.config.sources import redact_url
 from autopyfactory.model import Decision, Pilot
 from autopyfactory.plugins.base import FactoryContext, MonitorPlugin, PluginError, PluginOptions
 
@@ -97,6 +98,7 @@ class APF(MonitorPlugin):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PluginError(f"monitor.conf [{section}] monitorURL: not an http(s) URL: {base!r}")
         self.url = base.rstrip("/")
+        self.shown = redact_url(self.url)  # for messages: a user:password in monitorURL never shows
         self.fid = factory.factory_id
         self.stats = MonitorStats()
         self._cond = threading.Condition()
@@ -164,7 +166,7 @@ class APF(MonitorPlugin):
                 log.warning(
                     "%s: monitor %s is behind, %d calls dropped so far",
                     self.section,
-                    self.url,
+                    self.shown,
                     self.stats.dropped,
                 )
             return False
@@ -290,15 +292,15 @@ class APF(MonitorPlugin):
                 self.stats.dropped += 1
                 self.stats.last_error = f"{what}: HTTP {exc.code}"
                 log.warning(
-                    "%s: monitor %s refused %s (HTTP %d); dropped", self.section, self.url, what, exc.code
+                    "%s: monitor %s refused %s (HTTP %d); dropped", self.section, self.shown, what, exc.code
                 )
                 if method == "GET":
                     return None
                 raise _GivenUp() from None
-            raise _Retryable(f"monitor {self.url}: {what}: HTTP {exc.code}") from None
+            raise _Retryable(f"monitor {self.shown}: {what}: HTTP {exc.code}") from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, refused, resets
             reason = getattr(exc, "reason", exc)
-            raise _Retryable(f"monitor {self.url}: {what}: {reason}") from None
+            raise _Retryable(f"monitor {self.shown}: {what}: {reason}") from None
         self.stats.sent += 1
         self.stats.calls = [*self.stats.calls[-9:], what]
         if not raw:
