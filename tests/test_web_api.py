@@ -366,6 +366,9 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     [FAILQ]
     wmsqueue = FAILQ
     wmsstatus.sim.activated = 2
+    # the target's backoff is the queue's interval doubled per failure: long enough that FAILQ is
+    # still backing off when the last test of this module reads it
+    apfqueue.sleep = 120
     monitorsection = apfmon
 
     [SOONQ]
