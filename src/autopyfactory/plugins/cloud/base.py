@@ -159,6 +159,10 @@ class CloudSubmitOptions(SubmitOptions):
             partition=self.pool_partition or None,
         )
 
+    def join_deadline(self) -> float | None:
+        # without a pool nothing tells joined from not: no VM is written off (lc.plan_vm_actions)
+        return self.provisioning_deadline if self.pool is not PoolKind.NONE else None
+
     def vm_policy(self) -> VmPolicy:
         return VmPolicy(self.pool is not PoolKind.NONE, self.provisioning_deadline, self.retire_grace)
 
