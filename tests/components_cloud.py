@@ -101,6 +101,11 @@ class EC2Server:
             "interrupted"
         ]
 
+    def launches(self) -> list[dict[str, str]]:
+        """The query parameters of every RunInstances moto received since the last reset (UserData
+        left out), e.g. ``{"MinCount": "1", "MaxCount": "3", "ClientToken": ...}``."""
+        return _http("GET", f"{self.url}/_apf/launches")["launches"]
+
     def fault(self, action: str, code: str, status: int = 500, times: int = -1) -> None:
         _http(
             "POST",

@@ -108,6 +108,78 @@ def test_launch_tags_user_data_and_lease(
     }  # no pool: running is running
 
 
+def iam(ec2: EC2Server) -> Any:
+    import boto3
+
+    return boto3.client(
+        "iam", endpoint_url=ec2.url, region_name=ec2.region,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+
+
+def test_subnet_security_groups_key_pair_and_instance_profile_are_applied(
+    ec2: EC2Server, make_queue: Any, make_factory: Any
+) -> None:
+    client = ec2.client()
+    vpc = client.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    group = client.create_security_group(GroupName="apf-pilots", Description="pilots", VpcId=vpc)["GroupId"]
+    client.create_key_pair(KeyName="apf-key")
+    arn = iam(ec2).create_instance_profile(InstanceProfileName="apf-vm")["InstanceProfile"]["Arn"]
+    q = queue(
+        make_queue, ec2, subnet=subnet, security_groups=group, key_name="apf-key",
+        iam_instance_profile="apf-vm", root_volume_size="30",
+    )  # fmt: skip
+    sub, _ = plugins(q, factory(make_factory))
+    tags = PilotTags(FACTORY, "CLOUD", "abcdefabcdef")
+    pilots = sub.submit(3, tags, 1000.0)
+    assert len(pilots) == 3
+    # what RunInstances carried, as moto received it: one call, MinCount 1, MaxCount n, the token
+    (launch,) = ec2.launches()
+    assert {k: launch.get(k) for k in ("MinCount", "MaxCount", "ClientToken", "IamInstanceProfile.Name")} == {
+        "MinCount": "1",
+        "MaxCount": "3",
+        "ClientToken": lc.client_token(tags),
+        "IamInstanceProfile.Name": "apf-vm",
+    }
+    found = ec2.instances(**{"tag_apf:factory": FACTORY})
+    assert sorted(i["InstanceId"] for i in found) == sorted(p.backend_id for p in pilots)
+    for inst in found:
+        assert (inst["SubnetId"], inst["VpcId"], inst["KeyName"]) == (subnet, vpc, "apf-key")
+        assert inst["SecurityGroups"] == [{"GroupId": group, "GroupName": "apf-pilots"}]
+        assert inst["ClientToken"] == lc.client_token(tags)  # moto echoes the token it was sent
+        (disk,) = inst["BlockDeviceMappings"]
+        (volume,) = client.describe_volumes(VolumeIds=[disk["Ebs"]["VolumeId"]])["Volumes"]
+        assert (disk["DeviceName"], volume["Size"]) == (inst["RootDeviceName"], 30)
+    # moto associates the profile with the first instance of a launch only; none has another
+    assert {i["IamInstanceProfile"]["Arn"] for i in found if i.get("IamInstanceProfile")} == {arn}
+
+
+def test_group_names_in_the_default_vpc_and_a_profile_by_arn(
+    ec2: EC2Server, make_queue: Any, make_factory: Any
+) -> None:
+    client = ec2.client()
+    (default_vpc,) = client.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    client.create_security_group(GroupName="apf-web", Description="web", VpcId=default_vpc["VpcId"])
+    arn = iam(ec2).create_instance_profile(InstanceProfileName="apf-arn")["InstanceProfile"]["Arn"]
+    q = queue(make_queue, ec2, security_groups="apf-web", iam_instance_profile=arn)
+    sub, _ = plugins(q, factory(make_factory))
+    (pilot,) = sub.submit(1, PilotTags(FACTORY, "CLOUD", "fedcbafedcba"), 1000.0)
+    (launch,) = ec2.launches()
+    (inst,) = ec2.instances()
+    assert inst["InstanceId"] == pilot.backend_id
+    assert (launch.get("SecurityGroup.1"), launch.get("IamInstanceProfile.Arn")) == ("apf-web", arn)
+    assert "SecurityGroupId.1" not in launch and "SubnetId" not in launch
+    assert [g["GroupName"] for g in inst["SecurityGroups"]] == ["apf-web"]
+    assert inst["IamInstanceProfile"]["Arn"] == arn
+    # with a subnet EC2 takes ids only (InvalidParameterCombination): refused at setup, naming the key
+    bad = queue(make_queue, ec2, subnet="subnet-0123", security_groups="sg-0123, apf-web")
+    with pytest.raises(
+        PluginError, match=r"\[CLOUD\] batchsubmit.ec2.security_groups: apf-web are group names"
+    ):
+        plugins(bad, factory(make_factory))
+
+
 def test_status_pages_through_every_instance_of_this_factory_only(
     ec2: EC2Server, make_queue: Any, make_factory: Any
 ) -> None:

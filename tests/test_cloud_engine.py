@@ -211,3 +211,129 @@ def test_cascade_spills_on_capacity_in_the_same_cycle_and_drains_the_costlier_ti
         assert ends == {"retired"}  # retired (no pool: it ends at retire.grace = 0), never killed outright
     finally:
         factory.shutdown()
+
+
+def behind_our_back(ec2: EC2Server, queue: str) -> str:
+    """An instance carrying this factory's tags, launched directly with boto3: no intent we know."""
+    tags = [{"Key": "apf:factory", "Value": FACTORY}, {"Key": "apf:queue", "Value": queue},
+            {"Key": "apf:intent", "Value": "000000000000"}]  # fmt: skip
+    run = ec2.client().run_instances(
+        ImageId=ec2.image(),
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )
+    return str(run["Instances"][0]["InstanceId"])
+
+
+def apf_status(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [APF, "status", "--conf", str(path), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def scrape(url: str) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("apf_vm_")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_daemon_adopts_and_terminates_leaks_and_reports_an_interruption(
+    ec2: EC2Server, tmp_path: Path
+) -> None:
+    import json
+    import signal
+
+    # before the factory starts: one tagged VM of a configured queue, one of a queue that is gone
+    adoptable, orphan = behind_our_back(ec2, "CLOUD"), behind_our_back(ec2, "REMOVED")
+    path = conf(
+        tmp_path,
+        f"""
+        [CLOUD]
+        enabled = True
+        apfqueue.sleep = 0.5
+        wmsqueue = CLOUD
+        wmsstatusplugin = Sim
+        # no consume: Ready launches 2 VMs every cycle, so polls often overlap a launch
+        wmsstatus.sim.activated = 2
+        schedplugin = Ready
+        {ec2_keys(ec2)}
+        batchsubmit.ec2.market = spot
+        batchstatus.ec2.leak_grace = 2
+        """,
+    )
+    proc = subprocess.Popen(
+        [APF, "run", "--conf", str(path), "--no-table", "--log", str(tmp_path / "apf.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def status() -> dict[str, Any]:
+            out = apf_status(path, "--json")
+            assert out.returncode == 0, out.stderr
+            return dict(json.loads(out.stdout))
+
+        def reconciled() -> dict[str, Any] | None:
+            info = status()
+            cloud = info.get("cloud") or {}
+            counts = next(iter(cloud.values()), {})
+            done = counts.get("adopted") == 1 and counts.get("terminated_leaks") == 1
+            return info if done and info.get("metrics") else None
+
+        info = wait_for(reconciled, 120, "the engine to adopt one VM and terminate the other")
+        assert isinstance(info, dict)
+        # a few more cycles of launches that the polls overlap
+        launches = len(ec2.launches())
+        wait_for(lambda: len(ec2.launches()) >= launches + 10, 60, "ten more launches")
+        info = status()
+        (label,) = info["cloud"]
+        assert label == f"batchstatus EC2 at ec2:{ec2.region}@{ec2.url}"
+        # the factory's own VMs are never taken for leaks (a poll that began before their launch
+        # returned does not list them; the cloud's launch time has whole seconds)
+        assert info["cloud"][label] == {"leaked": 0, "adopted": 1, "terminated_leaks": 1, "interrupted": 0}
+        # the orphan is terminated with the reason tagged; the adopted VM lives on as a pilot of CLOUD
+        ends = {i["InstanceId"]: (i["State"]["Name"], dict((t["Key"], t["Value"]) for t in i["Tags"]).get("apf:end"))
+                for i in ec2.instances()}  # fmt: skip
+        assert ends[orphan] == ("terminated", "leaked") and ends[adoptable] == ("running", None)
+        store = Store(load_factory_config(str(path)).settings.database_url())
+        pilots = {p["backend_id"]: p for p in store.pilots(FACTORY)}
+        assert pilots[adoptable]["queue"] == "CLOUD" and pilots[orphan]["queue"] == "REMOVED"  # as tagged
+        events = {(e["kind"], e["queue"]): e["message"] for e in store.events(FACTORY, limit=500)}
+        assert (
+            adoptable in events[("adopt", "CLOUD")]
+            and "adopted 1 tagged resources" in events[("adopt", "CLOUD")]
+        )
+        assert orphan in events[("leak", None)] and "their queue is gone" in events[("leak", None)]
+        text = apf_status(path)
+        assert f"cloud {label}: 0 leaked VMs (tagged, unknown, their queue gone); 1 adopted, 1 leaks terminated, " \
+            "0 interrupted by the provider" in text.stdout, text.stdout  # fmt: skip
+
+        # the provider takes back a spot VM the factory launched
+        def launched() -> list[str]:
+            return [i["InstanceId"] for i in ec2.instances(**{"tag_apf:queue": "CLOUD"})
+                    if i["State"]["Name"] == "running" and i["InstanceId"] != adoptable]  # fmt: skip
+
+        victim = wait_for(lambda: launched()[:1], 60, "a VM the factory launched")[0]
+        assert ec2.interrupt([victim], "Server.SpotInstanceTermination") == [victim]
+        metric = 'apf_vm_interruptions_total{queue="CLOUD",reason="Server.SpotInstanceTermination"}'
+        wait_for(lambda: scrape(info["metrics"]).get(metric) == 1.0, 60, "the interruption on /metrics")
+        interrupted = [e for e in store.events(FACTORY, limit=500) if e["kind"] == "interrupted"]
+        assert [(e["queue"], e["message"]) for e in interrupted] == [
+            ("CLOUD", f"{victim}: spot interruption: Server.SpotInstanceTermination")
+        ]
+        wait_for(lambda: next(iter(status()["cloud"].values())).get("interrupted") == 1, 30, "apf status")
+        assert (
+            store.pilots(FACTORY)
+            and {p["backend_id"]: p["state"] for p in store.pilots(FACTORY)}[victim] == "failed"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

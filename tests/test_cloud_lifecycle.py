@@ -329,3 +329,63 @@ def test_the_cloud_example_queues_set_up_and_render_their_user_data() -> None:
         assert "shutdown -h +" in text and "{{" not in text
         if q.batchsubmit.name != "Script":
             assert "https://pool.example.org/slurm.conf" in text and f"export FACTORYQUEUE={q.name}" in text
+
+
+@pytest.mark.parametrize(
+    ("tier_deadline", "warned"),
+    [(None, "not set"), ("20m", "1200 s"), ("10m", None), ("15m", None)],
+)
+def test_a_tier_whose_vms_are_written_off_before_it_backs_off_is_a_config_warning(
+    tmp_path: Path, tier_deadline: str | None, warned: str | None
+) -> None:
+    """The queue terminates a VM that never joined at its provisioning_deadline (pilot failed, no
+    longer pending); the tier backs off only on its own deadline over pending pilots: a longer (or
+    no) tier deadline means VMs that never join never back the tier off."""
+    from autopyfactory.config.loader import load_factory_config
+    from tests.helpers import factory_conf, write
+
+    deadline = f"\n                provisioning_deadline: {tier_deadline}" if tier_deadline else ""
+    write(
+        tmp_path / "policy.yaml",
+        f"""
+        cascades:
+          - name: clouds
+            demand: W
+            tiers:
+              - queue: POOLED{deadline}
+              - queue: NOPOOL
+        """,
+    )
+    ec2 = """
+        batchsubmitplugin = EC2
+        batchstatusplugin = EC2
+        batchsubmit.ec2.region = us-east-1
+        batchsubmit.ec2.ami = ami-12345678
+        batchsubmit.ec2.instance_type = t3.micro
+        batchsubmit.ec2.provisioning_deadline = 15m
+    """
+    path = factory_conf(
+        tmp_path,
+        f"""
+        [DEFAULT]
+        wmsqueue = W
+        wmsstatusplugin = Sim
+        schedplugin = Ready
+        {ec2}
+
+        [POOLED]
+        batchsubmit.ec2.pool = slurm
+
+        [NOPOOL]
+        # no pool: nothing tells a joined VM from one that is not, no VM is written off
+        """,
+        extra="policyConf = policy.yaml\n",
+    )
+    warnings = [w for w in load_factory_config(str(path)).warnings if "provisioning_deadline" in w]
+    if warned is None:
+        assert warnings == []
+    else:
+        (message,) = warnings
+        assert "policy.yaml" in message and "tier POOLED" in message
+        assert "cascades[0].tiers[0].provisioning_deadline" in message
+        assert f"{warned}, but queue [POOLED] terminates VMs whose node has not joined after 900 s" in message

@@ -44,8 +44,9 @@ def test_one_create_with_min_max_count_metadata_and_user_data(
     openstack: OpenStackStub, make_queue: Any, make_factory: Any
 ) -> None:
     q = queue(
-        make_queue, openstack, network="net-1", security_groups="default, pilots", **{"meta.project": "atlas"}
-    )
+        make_queue, openstack, network="net-1, net-2", security_groups="default, pilots", key_name="apf-key",
+        **{"meta.project": "atlas"},
+    )  # fmt: skip
     sub, status = plugins(q, make_factory(FACTORY))
     pilots = sub.submit(3, PilotTags(FACTORY, "OSQ", "0123456789ab"), 1000.0)
     assert len(pilots) == 3
@@ -63,6 +64,7 @@ def test_one_create_with_min_max_count_metadata_and_user_data(
         text = base64.b64decode(s["OS-EXT-SRV-ATTR:user_data"]).decode()
         assert "autopyfactory VM of factory cloudtest, queue OSQ, intent 0123456789ab" in text
         assert s["security_groups"] == [{"name": "default"}, {"name": "pilots"}]
+        assert s["networks"] == [{"uuid": "net-1"}, {"uuid": "net-2"}] and s["key_name"] == "apf-key"
     assert {p.state for p in status.poll(1000.0).pilots} == {PilotState.RUNNING}
 
 

@@ -13,6 +13,8 @@ Control (JSON over HTTP, not EC2):
   GET/POST /_apf/control  {"boot_seconds": 3, "instance_limit": 10}  (POST merges; null removes)
   POST /_apf/interrupt    {"ids": ["i-..."], "code": "Server.SpotInstanceTermination", "action": "terminate"|"stop"}
                           the provider stops/terminates the instances with that state reason
+  GET /_apf/launches      the query parameters of every RunInstances since the last reset, as
+                          sent (e.g. {"Action": "RunInstances", "MinCount": "1", "ClientToken": ...})
 POST /moto-api/reset also resets the control settings.
 """
 
@@ -38,6 +40,7 @@ DEFAULTS: dict[str, Any] = {"boot_seconds": 0.0, "instance_limit": None}
 control: dict[str, Any] = dict(DEFAULTS)
 lock = threading.Lock()
 launch = threading.local()
+launches: list[dict[str, str]] = []  # RunInstances parameters as sent (tests assert what the factory asked)
 
 ICE = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>InsufficientInstanceCapacity</Code>'
@@ -156,11 +159,14 @@ def app_with_control(app: Any) -> Any:
                     done = interrupt(list(body.get("ids", [])), body.get("code", "Server.SpotInstanceTermination"),
                                      body.get("action", "terminate"))  # fmt: skip
                     return reply("200 OK", {"interrupted": done})
+                if path == "/_apf/launches":
+                    return reply("200 OK", {"launches": launches})
             return reply("404 Not Found", {"error": path})
         if path.startswith("/moto-api/reset"):
             with lock:
                 control.clear()
                 control.update(DEFAULTS)
+                launches.clear()
         launch.count = None
         if environ.get("REQUEST_METHOD") == "POST":
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -169,6 +175,7 @@ def app_with_control(app: Any) -> Any:
             form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
             if form.get("Action") == ["RunInstances"]:
                 with lock:
+                    launches.append({k: v[-1] for k, v in form.items() if k != "UserData"})
                     count = launch_count(environ, form)
                 if count is None:
                     return reply(

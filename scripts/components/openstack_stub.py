@@ -18,7 +18,8 @@ usage: python openstack_stub.py PORT [--boot-seconds S] [--max-instances N]
 Control (not OpenStack):
   POST /_fault {"create": "quota"|"overlimit"|"500"|"novalidhost", "list": "500", "auth": "401", "times": N}
   DELETE /_fault;  POST /_reset [{"max_instances": N, "boot_seconds": S}];
-  GET /_servers (every server, raw, and the requests served since the reset)
+  GET /_servers (every server, raw, with the "networks" its create asked for, and the requests
+    served since the reset)
   POST /_servers/ID {"status": "ERROR"|"SHUTOFF"|..., "fault": "message"}  (the provider acts)
 Servers go BUILD -> ACTIVE after --boot-seconds.
 """
@@ -50,6 +51,8 @@ IMAGES = [
 ]
 PROJECT = {"id": "p-0001", "name": "apf", "domain": {"id": "default", "name": "Default"}}
 USER = {"id": "u-0001", "name": "apf", "domain": {"id": "default", "name": "Default"}}
+PRIVATE = {"t", "networks"}  # kept by the stub, not in Nova's server records
+
 VM_STATE = {
     "BUILD": "building",
     "ACTIVE": "active",
@@ -87,7 +90,7 @@ class Cloud:
         if s["status"] == "BUILD" and now - s["t"] >= self.boot:
             s["status"] = "ACTIVE"
             s["OS-SRV-USG:launched_at"] = iso(now).replace("Z", ".000000")
-        d = {k: v for k, v in s.items() if k != "t"}
+        d = {k: v for k, v in s.items() if k not in PRIVATE}
         d.update(
             created=iso(s["t"]),
             updated=iso(now),
@@ -158,7 +161,11 @@ class Handler(BaseHTTPRequestHandler):
         if p == "/_servers":
             with c.lock:
                 return self.reply(
-                    200, {"servers": [c.view(s) for s in c.servers.values()], "requests": c.requests}
+                    200,
+                    {
+                        "servers": [{**c.view(s), "networks": s.get("networks")} for s in c.servers.values()],
+                        "requests": c.requests,
+                    },
                 )
         if p in ("/compute/v2.1/flavors", "/compute/v2.1/flavors/detail"):
             return self.reply(200, {"flavors": FLAVORS})
@@ -326,6 +333,7 @@ class Handler(BaseHTTPRequestHandler):
                     "flavor": {"id": req.get("flavorRef", "")},
                     "addresses": {},
                     "key_name": req.get("key_name"),
+                    "networks": req.get("networks"),  # as requested (Nova shows addresses instead)
                     "OS-EXT-SRV-ATTR:reservation_id": reservation,
                     "OS-EXT-SRV-ATTR:user_data": req.get("user_data"),
                     "OS-SRV-USG:launched_at": None,

@@ -320,7 +320,11 @@ def parse_policy(text: str, *, file: str = "<policy>", fmt: str = "yaml") -> Pol
 
 def check_queues(doc: PolicyDocument, queues: Mapping[str, Any], *, file: str) -> list[ConfigProblem]:
     """Cross-check against queues.conf: every tier names a queue section (errors); a tier queue
-    whose ``wmsqueue`` differs from its cascade's demand is a warning."""
+    whose ``wmsqueue`` differs from its cascade's demand, and a tier whose queue's backend writes
+    off pilots (VMs past their provisioning_deadline) before the tier's own deadline would back it
+    off, are warnings."""
+    from autopyfactory.plugins.options import SubmitOptions
+
     problems: list[ConfigProblem] = []
     known: Collection[str] = list(queues)
     for ci, cascade in enumerate(doc.cascades):
@@ -342,6 +346,23 @@ def check_queues(doc: PolicyDocument, queues: Mapping[str, Any], *, file: str) -
                         key,
                         f"queue [{tier.queue}] has wmsqueue = {wmsqueue}, but the cascade's demand is "
                         f"{cascade.demand}",
+                        warning=True,
+                    )
+                )
+            submit = queues[tier.queue].plugin_options("batchsubmit")
+            backend = submit.join_deadline() if isinstance(submit, SubmitOptions) else None
+            mine = tier.provisioning_deadline
+            if backend is not None and (mine is None or mine > backend):
+                # the backend terminates the VM (its pilot failed, no longer pending) before the
+                # tier counts it overdue: the tier would never back off for VMs that do not join
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        where,
+                        f"cascades[{ci}].tiers[{ti}].provisioning_deadline",
+                        f"{'not set' if mine is None else f'{mine:g} s'}, but queue [{tier.queue}] terminates "
+                        f"VMs whose node has not joined after {backend:g} s (provisioning_deadline): the tier "
+                        f"never backs off for them; set it to at most {backend:g} s",
                         warning=True,
                     )
                 )

@@ -189,7 +189,7 @@ class CompletionHandler:
         self.recorder.settle(settlement)
         if rt is None or completion.error is not None:
             return
-        self.reconciler.submitted(rt.batch_poller, pilots)
+        self.reconciler.submitted(rt.batch_poller, pilots, completion.finished)
         cr = self.state.cascades.get(rt.cascade) if rt.cascade else None
         if cr is not None:
             cr.last_scale_up[rt.name] = completion.finished

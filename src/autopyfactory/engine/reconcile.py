@@ -45,6 +45,9 @@ class Reconciler:
         self.on_interrupted = on_interrupted
         # per batch poller: every pilot it last reported (or we just submitted), by (queue, id)
         self._known: dict[int, dict[tuple[str, str], Pilot]] = {}
+        # per batch poller: when we recorded pilots it has not listed yet (our clock, after the
+        # submission returned); a cloud's submitted_at is its own launch time, whole seconds
+        self._recorded: dict[int, dict[tuple[str, str], float]] = {}
         self._absorbed: dict[int, float] = {}
         self._adopted: set[int] = set()
         self._leaks_reported: set[int] = set()
@@ -58,7 +61,7 @@ class Reconciler:
 
     def forget(self, pollers: Iterable[Poller]) -> None:
         for poller in pollers:
-            for memo in (self._known, self._absorbed):
+            for memo in (self._known, self._absorbed, self._recorded):
                 memo.pop(id(poller), None)
             self._adopted.discard(id(poller))
             self._leaks_reported.discard(id(poller))
@@ -77,11 +80,15 @@ class Reconciler:
             elif id(poller) not in self._adopted and isinstance(snap, BatchSnapshot):
                 self._adopt(poller, snap, now)  # the store failed last time: try again
 
-    def submitted(self, poller: Poller, pilots: Sequence[Pilot]) -> None:
-        """Pilots we just created: known before the endpoint lists them."""
+    def submitted(self, poller: Poller, pilots: Sequence[Pilot], at: float | None = None) -> None:
+        """Pilots we just created (``at``: when the submission returned): known before the endpoint
+        lists them."""
         known = self._known.setdefault(id(poller), {})
+        recorded = self._recorded.setdefault(id(poller), {})
         for pilot in pilots:
             known.setdefault((pilot.queue, pilot.backend_id), pilot)
+            if at is not None:
+                recorded[(pilot.queue, pilot.backend_id)] = at
         self.recorder.pilots(pilots)
 
     def _queues_of(self, poller: Poller) -> set[str]:
@@ -151,6 +158,7 @@ class Reconciler:
     def _changes(self, poller: Poller, snap: BatchSnapshot) -> list[Pilot]:
         """Compared with the last poll: state changes, and active pilots the endpoint dropped."""
         old = self._known.get(id(poller), {})
+        recorded = self._recorded.get(id(poller), {})
         new: dict[tuple[str, str], Pilot] = {}
         changed: list[Pilot] = []
         for pilot in snap.pilots:
@@ -159,12 +167,16 @@ class Reconciler:
             if previous is None or previous.state != pilot.state:
                 changed.append(pilot)
             new[key] = pilot
+            recorded.pop(key, None)  # listed: no longer waiting to be
         for key, pilot in old.items():
             if key in new:
                 continue
-            if pilot.submitted_at is not None and pilot.submitted_at >= snap.time:
+            since = max(pilot.submitted_at or 0.0, recorded.get(key, 0.0))
+            if since >= snap.time:
                 new[key] = pilot  # submitted after this poll began: not visible yet
-            elif pilot.state.active:
+                continue
+            recorded.pop(key, None)
+            if pilot.state.active:
                 # an active pilot the backend no longer lists: the backend is the truth
                 changed.append(replace(pilot, state=PilotState.UNKNOWN))
         self._known[id(poller)] = new

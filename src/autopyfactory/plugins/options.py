@@ -39,6 +39,11 @@ class SubmitOptions(PluginOptions):
     # drain, e.g. grid pilots, and the operator accepts killing running work)
     overlay_kill_running: bool = Field(False, alias="overlay.kill_running")
 
+    def join_deadline(self) -> float | None:
+        """Seconds after which the backend itself writes off a pilot that has not joined its pool
+        (a cloud VM's provisioning_deadline); None = the backend never does."""
+        return None
+
 
 class Plugin:
     kind: ClassVar[str] = ""

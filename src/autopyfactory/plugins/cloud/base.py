@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from autopyfactory.config.models import AuthProfile, QueueConfig
 
 log = logging.getLogger(__name__)
+LEAK_RETRY = 60.0  # seconds before a leak still listed after its terminate is terminated again
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +158,10 @@ class CloudSubmitOptions(SubmitOptions):
             spool=self.pool_spool or None,
             partition=self.pool_partition or None,
         )
+
+    def join_deadline(self) -> float | None:
+        # without a pool nothing tells joined from not: no VM is written off (lc.plan_vm_actions)
+        return self.provisioning_deadline if self.pool is not PoolKind.NONE else None
 
     def vm_policy(self) -> VmPolicy:
         return VmPolicy(self.pool is not PoolKind.NONE, self.provisioning_deadline, self.retire_grace)
@@ -573,6 +578,7 @@ class CloudStatus(BatchStatusPlugin):
         self._instances: tuple[Instance, ...] = ()  # the last listing (for the leak reconciler)
         self._last: dict[str, Instance] = {}  # what the last poll reported, by id
         self._unknown_since: dict[str, float] = {}
+        self._leaks_sent: dict[str, float] = {}  # leaks handed to terminate (when), still listed live
         # for `apf status` (the engine copies ``counters()`` into its status file)
         self._counts = {"leaked": 0, "adopted": 0, "terminated_leaks": 0, "interrupted": 0}
 
@@ -716,10 +722,16 @@ class CloudStatus(BatchStatusPlugin):
             pooled = {q for q, s in self._queue_pool.items() if s.kind is not PoolKind.NONE}
         pilots = tuple(lc.vm_pilot(i, i.queue or "", None, pooled=i.queue in pooled) for i in adopt)
         waiting = len(unknown) - len(adopt) - len(terminate)
+        # a leak whose terminate is under way is still listed live: terminate (and count) it once,
+        # again only if it is still there a while later (the terminate failed)
+        again = max(self.settings.leak_grace, LEAK_RETRY)
+        self._leaks_sent = {k: t for k, t in self._leaks_sent.items() if k in unknown and now - t < again}
+        new = tuple(i.id for i in terminate if i.id not in self._leaks_sent)
+        self._leaks_sent.update(dict.fromkeys(new, now))
         with self._lock:
             self._counts["leaked"] = waiting + len(terminate)
             self._counts["adopted"] += len(adopt)
-        return LeakReport(pilots, tuple(i.id for i in terminate), waiting)
+        return LeakReport(pilots, new, waiting)
 
     def counters(self) -> dict[str, int]:
         """For ``apf status``: leaked VMs now (unknown, not adoptable), and totals since start of

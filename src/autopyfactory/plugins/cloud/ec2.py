@@ -108,7 +108,9 @@ class EC2Options(CloudSubmitOptions):
     ami: str = Field(..., description="the image (ami-...)")
     instance_type: str = Field(..., description="e.g. c5.xlarge")
     subnet: str | None = Field(None, description="subnet to launch in (subnet-...)")
-    security_groups: str | None = Field(None, description="comma list of sg-... ids (or names)")
+    security_groups: str | None = Field(
+        None, description="comma list of sg-... ids; names only without subnet (the default VPC)"
+    )
     key_name: str | None = Field(None, description="EC2 key pair for SSH into the VMs")
     iam_instance_profile: str | None = Field(None, description="instance profile name or ARN")
     root_volume_size: int | None = Field(None, ge=1, description="GiB")
@@ -355,6 +357,10 @@ class EC2Api:
 # plugins
 
 
+def _groups(value: str | None) -> list[str]:
+    return [g.strip() for g in (value or "").split(",") if g.strip()]
+
+
 class EC2Status(NeedsModules, CloudStatus):
     name = "EC2"
     requires = (BOTO3,)
@@ -386,6 +392,13 @@ class EC2Submit(NeedsModules, CloudSubmit):
             raise PluginError(
                 f"[{queue.name}] {self.key('spot_max_price')} is set but market is {opts.market}"
             )
+        names = [g for g in _groups(opts.security_groups) if not g.startswith("sg-")]
+        if opts.subnet and names:
+            # EC2 refuses group names with a subnet (InvalidParameterCombination): say so at setup
+            raise PluginError(
+                f"[{queue.name}] {self.key('security_groups')}: {', '.join(names)} are group names; "
+                f"with {self.key('subnet')} set EC2 takes only sg-... ids"
+            )
         self._root_device: str | None = opts.root_device
 
     def key(self, suffix: str) -> str:
@@ -413,7 +426,7 @@ class EC2Submit(NeedsModules, CloudSubmit):
         }
         if o.subnet:
             params["SubnetId"] = o.subnet
-        groups = [g.strip() for g in (o.security_groups or "").split(",") if g.strip()]
+        groups = _groups(o.security_groups)
         if groups:
             ids = [g for g in groups if g.startswith("sg-")]
             names = [g for g in groups if not g.startswith("sg-")]
