@@ -27,6 +27,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,25 +289,24 @@ class VmBoot:
         return path.read_text() if path.exists() else ""
 
 
-@pytest.fixture
-def vmboot(ec2: EC2Server, slurm_cloud: CloudPool, tmp_path: Path) -> Iterator[VmBoot]:
-    """vmboot.py for this test: boots instances of factory ``cloudtest`` into the FUTURE slots."""
+@contextmanager
+def _vmboot(ec2: EC2Server, tmp_path: Path, slurm_conf: Path, *extra: str) -> Iterator[VmBoot]:
+    """vmboot.py booting factory ``cloudtest``'s instances for one test; stopped (its VMs with it)
+    at the end."""
     log_path = tmp_path / "vmboot.log"
     state = tmp_path / "vms"
     with log_path.open("w") as out:
         proc = subprocess.Popen(
             [
                 sys.executable, str(COMPONENTS / "vmboot.py"),
-                "--endpoint", ec2.url, "--region", ec2.region,
-                "--slots", ",".join(slurm_cloud.slots), "--state", str(state),
-                "--tag", "apf:factory=cloudtest", "--slurm-conf", str(slurm_cloud.cluster.conf),
-                "--interval", "0.2",
+                "--endpoint", ec2.url, "--region", ec2.region, "--state", str(state),
+                "--tag", "apf:factory=cloudtest", "--slurm-conf", str(slurm_conf),
+                "--interval", "0.2", *extra,
             ],
             stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
-    boot = VmBoot(proc, log_path, state)
     try:
-        yield boot
+        yield VmBoot(proc, log_path, state)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -314,6 +314,15 @@ def vmboot(ec2: EC2Server, slurm_cloud: CloudPool, tmp_path: Path) -> Iterator[V
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def vmboot(ec2: EC2Server, slurm_cloud: CloudPool, tmp_path: Path) -> Iterator[VmBoot]:
+    """vmboot.py for this test: boots instances of factory ``cloudtest`` into the FUTURE slots."""
+    try:
+        with _vmboot(ec2, tmp_path, slurm_cloud.cluster.conf, "--slots", ",".join(slurm_cloud.slots)) as boot:
+            yield boot
+    finally:
         slurm_cloud.reset_slots()
 
 
@@ -422,26 +431,8 @@ def slurm_powersave() -> Iterator[PowerSaveCluster]:
 def vmboot_powersave(ec2: EC2Server, slurm_powersave: PowerSaveCluster, tmp_path: Path) -> Iterator[VmBoot]:
     """vmboot.py for this test, no slots: each VM of factory ``cloudtest`` finds its node itself."""
     slurm_powersave.reset()
-    log_path = tmp_path / "vmboot.log"
-    state = tmp_path / "vms"
-    with log_path.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, str(COMPONENTS / "vmboot.py"),
-                "--endpoint", ec2.url, "--region", ec2.region, "--state", str(state),
-                "--tag", "apf:factory=cloudtest", "--slurm-conf", str(slurm_powersave.cluster.conf),
-                "--interval", "0.2",
-            ],
-            stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-    boot = VmBoot(proc, log_path, state)
     try:
-        yield boot
+        with _vmboot(ec2, tmp_path, slurm_powersave.cluster.conf) as boot:
+            yield boot
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
         slurm_powersave.reset()
