@@ -7,6 +7,7 @@ pilot processes, a real SQLite store, a real tmpfs, real sockets.
 - the store's filesystem full: the store catches up without a restart once space returns;
 - a queueConf URL that never answers, then SIGHUP: the other queues keep their cadence;
 - a backend whose commands hang: queues on other targets keep their cadence, stop stays prompt;
+- a reload that drops a queue whose plugins' close hangs: the others keep their cadence, stop stays prompt;
 - a WMS endpoint down, then back: fresh decisions resume promptly, with a "recovered" event;
 - thousands of concurrent actions: every queue ends with nothing in flight and still decides.
 
@@ -24,19 +25,20 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from autopyfactory.config.loader import load_factory_config
+from autopyfactory.config.models import QueueConfig
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.factory import Factory
 from autopyfactory.model import Pilot, PilotTags
-from autopyfactory.plugins.base import BatchSubmitPlugin
+from autopyfactory.plugins.base import BatchSubmitPlugin, FactoryContext
 from autopyfactory.plugins.registry import register, unregister
-from autopyfactory.sim.batch import reset_world
+from autopyfactory.sim.batch import SimStatus, SimSubmit, reset_world
 from autopyfactory.store.api import Store
 from tests.fakepanda import FakePanda
 from tests.faults import (
@@ -508,6 +510,101 @@ def test_hung_backend_keeps_other_targets_cadence_and_stop_prompt(
         assert stop_s <= SIGTERM_BOUND_S
     finally:
         hanging.release.set()
+        if daemon.thread.is_alive():
+            daemon.stop()
+        store.close()
+
+
+class SlowCloseSubmit(SimSubmit):
+    """A Sim backend whose close hangs until ``release`` (an SSH transport's close may wait 10 s)."""
+
+    name = "TestSlowClose"
+    release = threading.Event()
+    entered: set[str] = set()
+
+    def close(self) -> None:
+        SlowCloseSubmit.entered.add("submit")
+        SlowCloseSubmit.release.wait()
+
+
+class SlowCloseStatus(SimStatus):
+    name = "TestSlowClose"
+
+    @classmethod
+    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
+        return (cls.name, queue.name)
+
+    def close(self) -> None:
+        SlowCloseSubmit.entered.add("status")
+        SlowCloseSubmit.release.wait()
+
+
+@pytest.fixture
+def slow_close() -> Iterator[type[SlowCloseSubmit]]:
+    register(SlowCloseSubmit)
+    register(SlowCloseStatus)
+    SlowCloseSubmit.entered = set()
+    SlowCloseSubmit.release.clear()
+    reset_world()
+    yield SlowCloseSubmit
+    SlowCloseSubmit.release.set()
+    unregister(SlowCloseSubmit)
+    unregister(SlowCloseStatus)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_reload_that_drops_a_queue_whose_close_hangs_keeps_cadence_and_stop_prompt(
+    tmp: Path, slow_close: type[SlowCloseSubmit]
+) -> None:
+    """A reload drops SLOW, whose submit and status plugins' close() hang (like the last user of
+    an SSH connection). The closes run off the decision thread: SIMQ (acting every cycle) and LOCQ
+    keep their cadence while both closes hang, and stop stays prompt with them still hung."""
+    queues = {
+        "SIMQ": "batchsubmitplugin = Sim\nbatchstatusplugin = Sim\nbatchsubmit.sim.capacity = 100000\n"
+        "wmsstatus.sim.activated = 1\nwmsstatus.sim.consume = False\nschedplugin = Ready, MaxPerCycle\n"
+        "sched.maxpercycle.maximum = 1",
+        "LOCQ": "wmsstatus.sim.activated = 2",
+    }
+    slow = (
+        "SLOW",
+        "batchsubmitplugin = TestSlowClose\nbatchstatusplugin = TestSlowClose\nwmsstatus.sim.activated = 1",
+    )
+    factory = "batchstatus.sim.sleep = 0.5\nbatchstatus.testslowclose.sleep = 0.5\n"
+    conf = _local_conf(tmp, {**queues, slow[0]: slow[1]}, factory=factory)
+    store = Store(f"sqlite:///{tmp}/state/apf.db")
+    daemon = _InProcess(conf)
+
+    def decided(queue: str, since: float, n: int) -> None:
+        wait_for(lambda: len(_decision_times(store, queue, since, time.time())) >= n, 30, f"{n} of {queue}")
+
+    try:
+        wait_for(
+            lambda: sum(p.state.value == "running" for p in local_pilots(tmp / "state")) == 2,
+            60,
+            "LOCQ's pilots",
+        )
+        decided("SLOW", 0, 1)
+        steady = _settled()
+        decided("LOCQ", steady, 16)
+        _local_conf(tmp, queues, factory=factory)  # the same factory without SLOW
+        reload_at = time.time()
+        daemon.factory.request_reload(lambda: load_factory_config(str(conf)), "SIGHUP")
+        wait_for(lambda: slow_close.entered == {"submit", "status"}, 30, "both closes to hang")
+        hung_at = time.time()
+        assert "SLOW" not in daemon.factory.queues
+        decided("LOCQ", hung_at, 16)
+        decided("SIMQ", hung_at, 16)
+        during = (hung_at, time.time())
+        _assert_cadence_kept({q: _cadence(store, q, (steady, reload_at), during) for q in ("SIMQ", "LOCQ")})
+        assert slow_close.entered == {"submit", "status"} and not slow_close.release.is_set()
+        assert daemon.factory.closer.pending() == 2  # both still hung
+        assert any(e["kind"] == "reload" for e in store.events("test-factory"))
+        stop_s = daemon.stop()
+        print(f"closes hung {time.time() - hung_at:.1f}s; stop with both still hung: {stop_s:.2f}s")
+        assert stop_s <= SIGTERM_BOUND_S
+    finally:
+        slow_close.release.set()
         if daemon.thread.is_alive():
             daemon.stop()
         store.close()
