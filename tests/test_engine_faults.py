@@ -25,10 +25,12 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.config.models import QueueConfig
@@ -209,7 +211,18 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         )
         status_s = time.monotonic() - began
         assert out.returncode == 0, out.stderr
-        assert "Qfb" in json.loads(out.stdout)["queues"]
+        report = json.loads(out.stdout)
+        assert "Qfb" in report["queues"]
+        # ... and says the daemon's store is failing: in the report, in its table, in the metrics
+        assert report["daemon_store"]["ok"] is False, report["daemon_store"]
+        assert "database is locked" in report["daemon_store"]["error"]
+        table = subprocess.run(
+            [APF, "status", "--conf", str(confs["fb"])], capture_output=True, text=True, timeout=60
+        )
+        assert table.returncode == 0, table.stderr
+        assert "store failing since " in table.stdout and "last error: " in table.stdout, table.stdout
+        assert "database is locked" in table.stdout
+        assert _store_up(b) == 0
         # SIGTERM while a pass is waiting for the lock: half a second after a failed pass the next
         # one is inside its bounded wait (5 s)
         failed = a.log.read_text().count("store still failing")
@@ -233,6 +246,11 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         catch_up_s = time.time() - released
         assert b.proc.poll() is None and b.status().get("pid") == b.pid, "fb was restarted"
         wait_for(lambda: b.status().get("store", {}).get("ok") is True, 10, "fb to report the store working")
+        assert _store_up(b) == 1
+        table = subprocess.run(
+            [APF, "status", "--conf", str(confs["fb"])], capture_output=True, text=True, timeout=60
+        )
+        assert "store failing" not in table.stdout, table.stdout
         wait_for(lambda: any(e["kind"] == "store-recovered" for e in store.events("fb")), 10, "the event")
         print(
             f"lock {released - lock.locked_at:.1f}s; SIGTERM honoured in {term_s:.2f}s; "
@@ -259,6 +277,18 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         store.close()
         for fid in ("fa", "fb"):
             kill_pilots(tmp / fid / "state")
+
+
+def _store_up(daemon: Daemon) -> float:
+    """The daemon's ``apf_store_up`` gauge, scraped from its /metrics."""
+    url = daemon.status()["metrics"]
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "apf_store_up"
+    ]
+    assert len(values) == 1, values
+    return values[0]
 
 
 def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp: Path) -> None:
