@@ -4,6 +4,8 @@ pilot processes, a real SQLite store, a real tmpfs, real sockets.
 - random SIGKILLs during cycles: exactly the demanded pilots, all recorded, none twice;
 - the SQLite store locked by another process for 30 s: nothing submitted without its intent,
   SIGTERM honoured within 10 s, and the store catches up with the backend without a restart;
+- the store locked right after the backend accepted a submission: the pilots are kept and written
+  once it works again, the intent settled once, no target backoff, no cascade spill;
 - the store's filesystem full: the store catches up without a restart once space returns;
 - a queueConf URL that never answers, then SIGHUP: the other queues keep their cadence;
 - a backend whose commands hang: queues on other targets keep their cadence, stop stays prompt;
@@ -277,6 +279,85 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         store.close()
         for fid in ("fa", "fb"):
             kill_pilots(tmp / fid / "state")
+
+
+PAIR_POLICY = """
+cascades:
+  - name: pair
+    demand: PAIRW
+    tiers:
+      - {queue: PA, cap: 10}
+      - {queue: PB}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_store_fails_after_the_backend_accepted_keeps_the_pilots_without_backoff_or_spill(tmp: Path) -> None:
+    """A 2-tier cascade driven with ``Factory.step``. A pass records its intent and submits 3
+    pilots to the first tier; right after, another process locks the SQLite store, so the
+    settlement and the pilot rows cannot be written for a few passes. The pilots stay in the
+    backend and are written once the lock goes, the intent is settled once (nothing submitted
+    twice), the target does not back off and the demand does not spill to the second tier."""
+    write(tmp / "policy.yaml", PAIR_POLICY)
+    conf = _local_conf(
+        tmp,
+        {"PA": "wmsqueue = PAIRW", "PB": "wmsqueue = PAIRW"},
+        defaults={"wmsstatus.sim.activated": "3", "wmsstatus.sim.consume": "False"},
+        factory="policyConf = policy.yaml\n",
+    )
+    queues_conf = tmp / "queues.conf"  # both tiers serve the cascade's one WMS queue
+    queues_conf.write_text(
+        queues_conf.read_text().replace("wmsqueue = PA\n", "").replace("wmsqueue = PB\n", "")
+    )
+    db = tmp / "state" / "apf.db"
+    factory = Factory(load_factory_config(str(conf)))
+    store = Store(f"sqlite:///{db}")
+    lock: SqliteLocker | None = None
+    try:
+        plans = {p.queue: p.decision.n for p in factory.step(poll_all=True)}
+        assert plans == {"PA": 3, "PB": 0}, plans
+        accepted = local_pilots(tmp / "state")
+        assert len(accepted) == 3 and {p.queue for p in accepted} == {"PA"}
+        [intent] = store.intents("test-factory")
+        assert intent["status"] == "open" and intent["n"] == 3  # settled by the next pass's write
+        # the backend accepted; now the store fails before the result is written
+        lock = SqliteLocker(db, 120)
+        failed_passes = 0
+        while failed_passes < 3:
+            plans = {p.queue: p.decision.n for p in factory.step(poll_all=True)}
+            failed_passes += 1
+            assert not factory.recorder.health.ok and "database is locked" in (
+                factory.recorder.health.error or ""
+            )
+            assert factory.recorder.pending() > 0  # the settlement and pilot rows wait
+            assert not factory.targets, f"a target backs off for a store fault: {factory.targets}"
+            assert not factory.cascades["pair"].backoff_until, factory.cascades["pair"].backoff_until
+            assert plans.get("PB", 0) <= 0, f"the demand spilled to PB: {plans}"
+            pilots = local_pilots(tmp / "state")
+            assert {p.backend_id for p in pilots} == {p.backend_id for p in accepted}, "submitted again"
+        assert store.pilots("test-factory") == []  # nothing of it could be written yet
+        lock.stop()
+        wait_for(
+            lambda: factory.step(poll_all=True) is not None and factory.recorder.health.ok, 30, "the store"
+        )
+        factory.flush()
+        pilots = local_pilots(tmp / "state")
+        assert {p.backend_id for p in pilots} == {p.backend_id for p in accepted}
+        problems = compare(store, pilots, states=False).problems()
+        assert not problems, problems  # every pilot recorded once, its intent settled with 3
+        [intent] = store.intents("test-factory")
+        assert intent["status"] == "submitted" and intent["submitted"] == 3 and intent["queue"] == "PA"
+        kinds = [e["kind"] for e in store.events("test-factory", limit=10_000)]
+        assert "store-recovered" in kinds
+        assert not {"backoff", "action-failed", "spill"} & set(kinds), kinds
+        assert not factory.targets and not factory.cascades["pair"].backoff_until
+        print(f"{failed_passes} passes with the store locked; {len(pilots)} pilots kept and recorded once")
+    finally:
+        if lock is not None:
+            lock.stop()
+        factory.shutdown()
+        store.close()
 
 
 def _store_up(daemon: Daemon) -> float:
