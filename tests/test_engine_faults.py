@@ -4,9 +4,12 @@ pilot processes, a real SQLite store, a real tmpfs, real sockets.
 - random SIGKILLs during cycles: exactly the demanded pilots, all recorded, none twice;
 - the SQLite store locked by another process for 30 s: nothing submitted without its intent,
   SIGTERM honoured within 10 s, and the store catches up with the backend without a restart;
+- the store locked right after the backend accepted a submission: the pilots are kept and written
+  once it works again, the intent settled once, no target backoff, no cascade spill;
 - the store's filesystem full: the store catches up without a restart once space returns;
 - a queueConf URL that never answers, then SIGHUP: the other queues keep their cadence;
 - a backend whose commands hang: queues on other targets keep their cadence, stop stays prompt;
+- a reload that drops a queue whose plugins' close hangs: the others keep their cadence, stop stays prompt;
 - a WMS endpoint down, then back: fresh decisions resume promptly, with a "recovered" event;
 - thousands of concurrent actions: every queue ends with nothing in flight and still decides.
 
@@ -24,19 +27,22 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from autopyfactory.config.loader import load_factory_config
+from autopyfactory.config.models import QueueConfig
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.factory import Factory
 from autopyfactory.model import Pilot, PilotTags
-from autopyfactory.plugins.base import BatchSubmitPlugin
+from autopyfactory.plugins.base import BatchSubmitPlugin, FactoryContext
 from autopyfactory.plugins.registry import register, unregister
-from autopyfactory.sim.batch import reset_world
+from autopyfactory.sim.batch import SimStatus, SimSubmit, reset_world
 from autopyfactory.store.api import Store
 from tests.fakepanda import FakePanda
 from tests.faults import (
@@ -207,7 +213,18 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         )
         status_s = time.monotonic() - began
         assert out.returncode == 0, out.stderr
-        assert "Qfb" in json.loads(out.stdout)["queues"]
+        report = json.loads(out.stdout)
+        assert "Qfb" in report["queues"]
+        # ... and says the daemon's store is failing: in the report, in its table, in the metrics
+        assert report["daemon_store"]["ok"] is False, report["daemon_store"]
+        assert "database is locked" in report["daemon_store"]["error"]
+        table = subprocess.run(
+            [APF, "status", "--conf", str(confs["fb"])], capture_output=True, text=True, timeout=60
+        )
+        assert table.returncode == 0, table.stderr
+        assert "store failing since " in table.stdout and "last error: " in table.stdout, table.stdout
+        assert "database is locked" in table.stdout
+        assert _store_up(b) == 0
         # SIGTERM while a pass is waiting for the lock: half a second after a failed pass the next
         # one is inside its bounded wait (5 s)
         failed = a.log.read_text().count("store still failing")
@@ -231,6 +248,11 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         catch_up_s = time.time() - released
         assert b.proc.poll() is None and b.status().get("pid") == b.pid, "fb was restarted"
         wait_for(lambda: b.status().get("store", {}).get("ok") is True, 10, "fb to report the store working")
+        assert _store_up(b) == 1
+        table = subprocess.run(
+            [APF, "status", "--conf", str(confs["fb"])], capture_output=True, text=True, timeout=60
+        )
+        assert "store failing" not in table.stdout, table.stdout
         wait_for(lambda: any(e["kind"] == "store-recovered" for e in store.events("fb")), 10, "the event")
         print(
             f"lock {released - lock.locked_at:.1f}s; SIGTERM honoured in {term_s:.2f}s; "
@@ -257,6 +279,97 @@ def test_store_locked_for_30s_submits_nothing_honours_sigterm_and_catches_up(tmp
         store.close()
         for fid in ("fa", "fb"):
             kill_pilots(tmp / fid / "state")
+
+
+PAIR_POLICY = """
+cascades:
+  - name: pair
+    demand: PAIRW
+    tiers:
+      - {queue: PA, cap: 10}
+      - {queue: PB}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_store_fails_after_the_backend_accepted_keeps_the_pilots_without_backoff_or_spill(tmp: Path) -> None:
+    """A 2-tier cascade driven with ``Factory.step``. A pass records its intent and submits 3
+    pilots to the first tier; right after, another process locks the SQLite store, so the
+    settlement and the pilot rows cannot be written for a few passes. The pilots stay in the
+    backend and are written once the lock goes, the intent is settled once (nothing submitted
+    twice), the target does not back off and the demand does not spill to the second tier."""
+    write(tmp / "policy.yaml", PAIR_POLICY)
+    conf = _local_conf(
+        tmp,
+        {"PA": "wmsqueue = PAIRW", "PB": "wmsqueue = PAIRW"},
+        defaults={"wmsstatus.sim.activated": "3", "wmsstatus.sim.consume": "False"},
+        factory="policyConf = policy.yaml\n",
+    )
+    queues_conf = tmp / "queues.conf"  # both tiers serve the cascade's one WMS queue
+    queues_conf.write_text(
+        queues_conf.read_text().replace("wmsqueue = PA\n", "").replace("wmsqueue = PB\n", "")
+    )
+    db = tmp / "state" / "apf.db"
+    factory = Factory(load_factory_config(str(conf)))
+    store = Store(f"sqlite:///{db}")
+    lock: SqliteLocker | None = None
+    try:
+        plans = {p.queue: p.decision.n for p in factory.step(poll_all=True)}
+        assert plans == {"PA": 3, "PB": 0}, plans
+        accepted = local_pilots(tmp / "state")
+        assert len(accepted) == 3 and {p.queue for p in accepted} == {"PA"}
+        [intent] = store.intents("test-factory")
+        assert intent["status"] == "open" and intent["n"] == 3  # settled by the next pass's write
+        # the backend accepted; now the store fails before the result is written
+        lock = SqliteLocker(db, 120)
+        failed_passes = 0
+        while failed_passes < 3:
+            plans = {p.queue: p.decision.n for p in factory.step(poll_all=True)}
+            failed_passes += 1
+            assert not factory.recorder.health.ok and "database is locked" in (
+                factory.recorder.health.error or ""
+            )
+            assert factory.recorder.pending() > 0  # the settlement and pilot rows wait
+            assert not factory.targets, f"a target backs off for a store fault: {factory.targets}"
+            assert not factory.cascades["pair"].backoff_until, factory.cascades["pair"].backoff_until
+            assert plans.get("PB", 0) <= 0, f"the demand spilled to PB: {plans}"
+            pilots = local_pilots(tmp / "state")
+            assert {p.backend_id for p in pilots} == {p.backend_id for p in accepted}, "submitted again"
+        assert store.pilots("test-factory") == []  # nothing of it could be written yet
+        lock.stop()
+        wait_for(
+            lambda: factory.step(poll_all=True) is not None and factory.recorder.health.ok, 30, "the store"
+        )
+        factory.flush()
+        pilots = local_pilots(tmp / "state")
+        assert {p.backend_id for p in pilots} == {p.backend_id for p in accepted}
+        problems = compare(store, pilots, states=False).problems()
+        assert not problems, problems  # every pilot recorded once, its intent settled with 3
+        [intent] = store.intents("test-factory")
+        assert intent["status"] == "submitted" and intent["submitted"] == 3 and intent["queue"] == "PA"
+        kinds = [e["kind"] for e in store.events("test-factory", limit=10_000)]
+        assert "store-recovered" in kinds
+        assert not {"backoff", "action-failed", "spill"} & set(kinds), kinds
+        assert not factory.targets and not factory.cascades["pair"].backoff_until
+        print(f"{failed_passes} passes with the store locked; {len(pilots)} pilots kept and recorded once")
+    finally:
+        if lock is not None:
+            lock.stop()
+        factory.shutdown()
+        store.close()
+
+
+def _store_up(daemon: Daemon) -> float:
+    """The daemon's ``apf_store_up`` gauge, scraped from its /metrics."""
+    url = daemon.status()["metrics"]
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "apf_store_up"
+    ]
+    assert len(values) == 1, values
+    return values[0]
 
 
 def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp: Path) -> None:
@@ -508,6 +621,101 @@ def test_hung_backend_keeps_other_targets_cadence_and_stop_prompt(
         assert stop_s <= SIGTERM_BOUND_S
     finally:
         hanging.release.set()
+        if daemon.thread.is_alive():
+            daemon.stop()
+        store.close()
+
+
+class SlowCloseSubmit(SimSubmit):
+    """A Sim backend whose close hangs until ``release`` (an SSH transport's close may wait 10 s)."""
+
+    name = "TestSlowClose"
+    release = threading.Event()
+    entered: set[str] = set()
+
+    def close(self) -> None:
+        SlowCloseSubmit.entered.add("submit")
+        SlowCloseSubmit.release.wait()
+
+
+class SlowCloseStatus(SimStatus):
+    name = "TestSlowClose"
+
+    @classmethod
+    def endpoint(cls, queue: QueueConfig, factory: FactoryContext) -> Hashable:
+        return (cls.name, queue.name)
+
+    def close(self) -> None:
+        SlowCloseSubmit.entered.add("status")
+        SlowCloseSubmit.release.wait()
+
+
+@pytest.fixture
+def slow_close() -> Iterator[type[SlowCloseSubmit]]:
+    register(SlowCloseSubmit)
+    register(SlowCloseStatus)
+    SlowCloseSubmit.entered = set()
+    SlowCloseSubmit.release.clear()
+    reset_world()
+    yield SlowCloseSubmit
+    SlowCloseSubmit.release.set()
+    unregister(SlowCloseSubmit)
+    unregister(SlowCloseStatus)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_reload_that_drops_a_queue_whose_close_hangs_keeps_cadence_and_stop_prompt(
+    tmp: Path, slow_close: type[SlowCloseSubmit]
+) -> None:
+    """A reload drops SLOW, whose submit and status plugins' close() hang (like the last user of
+    an SSH connection). The closes run off the decision thread: SIMQ (acting every cycle) and LOCQ
+    keep their cadence while both closes hang, and stop stays prompt with them still hung."""
+    queues = {
+        "SIMQ": "batchsubmitplugin = Sim\nbatchstatusplugin = Sim\nbatchsubmit.sim.capacity = 100000\n"
+        "wmsstatus.sim.activated = 1\nwmsstatus.sim.consume = False\nschedplugin = Ready, MaxPerCycle\n"
+        "sched.maxpercycle.maximum = 1",
+        "LOCQ": "wmsstatus.sim.activated = 2",
+    }
+    slow = (
+        "SLOW",
+        "batchsubmitplugin = TestSlowClose\nbatchstatusplugin = TestSlowClose\nwmsstatus.sim.activated = 1",
+    )
+    factory = "batchstatus.sim.sleep = 0.5\nbatchstatus.testslowclose.sleep = 0.5\n"
+    conf = _local_conf(tmp, {**queues, slow[0]: slow[1]}, factory=factory)
+    store = Store(f"sqlite:///{tmp}/state/apf.db")
+    daemon = _InProcess(conf)
+
+    def decided(queue: str, since: float, n: int) -> None:
+        wait_for(lambda: len(_decision_times(store, queue, since, time.time())) >= n, 30, f"{n} of {queue}")
+
+    try:
+        wait_for(
+            lambda: sum(p.state.value == "running" for p in local_pilots(tmp / "state")) == 2,
+            60,
+            "LOCQ's pilots",
+        )
+        decided("SLOW", 0, 1)
+        steady = _settled()
+        decided("LOCQ", steady, 16)
+        _local_conf(tmp, queues, factory=factory)  # the same factory without SLOW
+        reload_at = time.time()
+        daemon.factory.request_reload(lambda: load_factory_config(str(conf)), "SIGHUP")
+        wait_for(lambda: slow_close.entered == {"submit", "status"}, 30, "both closes to hang")
+        hung_at = time.time()
+        assert "SLOW" not in daemon.factory.queues
+        decided("LOCQ", hung_at, 16)
+        decided("SIMQ", hung_at, 16)
+        during = (hung_at, time.time())
+        _assert_cadence_kept({q: _cadence(store, q, (steady, reload_at), during) for q in ("SIMQ", "LOCQ")})
+        assert slow_close.entered == {"submit", "status"} and not slow_close.release.is_set()
+        assert daemon.factory.closer.pending() == 2  # both still hung
+        assert any(e["kind"] == "reload" for e in store.events("test-factory"))
+        stop_s = daemon.stop()
+        print(f"closes hung {time.time() - hung_at:.1f}s; stop with both still hung: {stop_s:.2f}s")
+        assert stop_s <= SIGTERM_BOUND_S
+    finally:
+        slow_close.release.set()
         if daemon.thread.is_alive():
             daemon.stop()
         store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from autopyfactory.config.loader import load_factory_config
 from autopyfactory.engine.factory import Factory
+from autopyfactory.store.api import Store
 from fakepanda import FakePanda
 from tests.helpers import factory_conf, wait_for, write
 
@@ -138,3 +140,56 @@ def test_metrics_match_apf_status_during_a_run(tmp: Path, panda: FakePanda) -> N
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_maxbackoff_key_bounds_the_poller_backoff_and_recovery_is_an_event_and_a_log_line(
+    tmp: Path, panda: FakePanda, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``wmsstatus.panda.maxbackoff`` caps the retry delay of a failing PanDA endpoint (the default
+    is 3 poll intervals); when it answers again the poller logs it and a "recovered" event is
+    recorded. A virtual clock: each step happens when the poller's next attempt is due."""
+    default = Factory(load_factory_config(str(_conf(tmp / "default", panda))))
+    [wms] = [p for p in default.pollers.values() if p.kind == "wmsstatus"]
+    assert (wms.interval, wms.max_backoff) == (1.0, 3.0)  # 3 intervals
+    default.shutdown()
+
+    clock = [1000.0]
+    conf = _conf(tmp, panda, extra_factory="wmsstatus.panda.maxbackoff = 2.5\n")
+    factory = Factory(load_factory_config(str(conf)), clock=lambda: clock[0])
+    [wms] = [p for p in factory.pollers.values() if p.kind == "wmsstatus"]
+    assert wms.max_backoff == 2.5
+    panda.set_jobs("BNL_PROD", "running", 10)
+    panda.set_activated("BNL_PROD", 0)
+    try:
+        factory.step(clock[0], poll_all=True)
+        assert wms.status.error is None
+        panda.fault = "500"
+        delays = []
+        for _ in range(6):
+            clock[0] = wms.status.next_attempt
+            factory.step(clock[0])
+            delays.append(wms.status.next_attempt - clock[0])
+        # the interval twice (a blip costs one interval), then doubling, capped by the key
+        assert delays == [1.0, 1.0, 2.0, 2.5, 2.5, 2.5], delays
+        assert wms.status.failures == 6 and wms.status.failing_since is not None
+        outage_began = wms.status.failing_since
+        panda.fault = None
+        caplog.set_level(logging.WARNING, logger="autopyfactory.poller")
+        clock[0] = wms.status.next_attempt
+        factory.step(clock[0])
+        factory.flush()
+        assert wms.status.error is None and wms.status.next_attempt == clock[0] + 1.0
+        took = clock[0] - outage_began
+        logged = [r.getMessage() for r in caplog.records if "answers again" in r.getMessage()]
+        assert logged == [f"{wms.label}: answers again after failing for {took:.0f}s"], logged
+        store = Store(load_factory_config(str(conf)).settings.database_url())
+        try:
+            recovered = [e for e in store.events("test-factory") if e["kind"] == "recovered"]
+        finally:
+            store.close()
+        assert [e["message"] for e in recovered] == [
+            f"{wms.label}: answers again after failing for {took:.0f}s"
+        ], recovered
+    finally:
+        panda.fault = None
+        factory.shutdown()

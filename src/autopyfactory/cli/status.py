@@ -77,6 +77,20 @@ def _when(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def daemon_store_line(store: dict[str, Any] | None) -> str | None:
+    """One line when the daemon cannot write its store (nothing is submitted meanwhile)."""
+    if not store or store.get("ok") is not False:
+        return None
+    since = store.get("failing_since")
+    when = f" since {_when(since)}" if isinstance(since, int | float) else ""
+    pending = store.get("pending_writes")
+    waiting = f", {pending} writes waiting" if isinstance(pending, int) and pending else ""
+    return (
+        f"store failing{when}{waiting}: nothing is submitted until it works again; "
+        f"last error: {store.get('error') or 'unknown'}"
+    )
+
+
 def collect(conf: str, now: float | None = None) -> dict[str, object] | None:
     """The report as a plain dict (``--json`` prints exactly this)."""
     report = local_report(conf, now)
@@ -150,6 +164,8 @@ def local_report(conf: str, now: float | None = None) -> StatusReport | None:
     metrics = engine.get("metrics") if state.running else None
     pollers = engine.get("pollers") if isinstance(engine.get("pollers"), dict) else {}
     targets = engine.get("targets") if isinstance(engine.get("targets"), dict) else {}
+    # the daemon's store health as its loop last published it (only while it runs: it is live)
+    daemon_store = engine.get("store") if state.running and isinstance(engine.get("store"), dict) else None
     return StatusReport(
         factory=config.factory_id,
         time=now,
@@ -162,6 +178,7 @@ def local_report(conf: str, now: float | None = None) -> StatusReport | None:
         daemon=state.as_dict(),
         dry_run_daemon=dry_state.as_dict() if dry_state is not None and dry_state.running else None,
         store_error=store_error,
+        daemon_store=daemon_store,
         failed_queues=failed,
         credentials=credentials,
         # per cloud endpoint: leaked VMs now, adopted/terminated/interrupted totals
@@ -264,6 +281,9 @@ def print_table(report: StatusReport) -> None:
         print(f"also: a dry-run daemon: {report.dry_run_daemon.get('text')}")
     if report.store_error:
         print(f"warning: {report.store_error}", file=sys.stderr)
+    store_line = daemon_store_line(report.daemon_store)
+    if store_line:
+        print(store_line)
     header = ("queue", "state", "demand", "pending", "running", "last n", "binding", "age")
     rows = [header]
     marked = False

@@ -32,6 +32,12 @@ P = TypeVar("P")
 
 # (kind, message, queue) for events the build wants recorded
 EventSink = Callable[[str, str, str | None], None]
+# (what, close) for plugins the build drops: the daemon closes them off its loop (engine/closer.py)
+CloseSink = Callable[[str, Callable[[], None]], None]
+
+
+def close_now(what: str, close: Callable[[], None]) -> None:
+    close()
 
 
 def plugin_class(spec: PluginSpec, base: type[P]) -> type[P]:
@@ -51,8 +57,12 @@ class Builder:
         on_poll: Callable[[Poller, PollResult], None],
         event: EventSink,
         last_intent_times: Callable[[], dict[str, float]],
+        close: CloseSink = close_now,
     ) -> None:
+        """``close``: where dropped submit plugins go to be closed (a close may do transport I/O,
+        so the daemon hands it to another thread; pollers are returned to the caller)."""
         self.state = state
+        self.close = close
         self.on_poll = on_poll
         self.event = event
         self.last_intent_times = last_intent_times
@@ -81,8 +91,9 @@ class Builder:
                 log.error("queue %s: %s", qc.name, error)
                 self.event("queue-error", error, qc.name)
         for name, runtime in old.items():
-            if queues.get(name) is not runtime:
-                close_submitter(runtime)
+            if queues.get(name) is not runtime and runtime.submitter is not None:
+                submitter = runtime.submitter
+                self.close(f"queue {name}", lambda s=submitter: close_submitter_plugin(s))
         used = {id(r.batch_poller) for r in queues.values()} | {
             id(r.wms_poller) for r in queues.values() if r.wms_poller is not None
         }
@@ -182,7 +193,7 @@ class Builder:
         except PluginError as exc:  # a profile name that is not defined: the queue cannot act
             error = error or str(exc)
             if submitter is not None:
-                close_submitter_plugin(submitter)
+                self.close(f"queue {qc.name}", lambda s=submitter: close_submitter_plugin(s))
                 submitter = None
         return QueueRuntime(
             qc,

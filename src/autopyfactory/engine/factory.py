@@ -37,6 +37,7 @@ from autopyfactory.credentials.manager import CredentialManager
 from autopyfactory.engine import plan as planner
 from autopyfactory.engine.act import Actuator, CompletionHandler, Job, safe
 from autopyfactory.engine.build import Builder, close_submitter
+from autopyfactory.engine.closer import Closer
 from autopyfactory.engine.events import Observer
 from autopyfactory.engine.executor import Executor
 from autopyfactory.engine.observe import CredentialGate, SnapshotBuilder
@@ -117,7 +118,11 @@ class Factory:
             self._manager = self._credential_manager(config)
             self.credentials = self._manager
         self.observe = SnapshotBuilder(self.state, self.store.quota_left, self.credentials)
-        self.builder = Builder(self.state, self._on_poll, self.recorder.event, self._last_intent_times)
+        # plugins a reload drops are closed on the closer's thread: a close may do transport I/O
+        self.closer = Closer()
+        self.builder = Builder(
+            self.state, self._on_poll, self.recorder.event, self._last_intent_times, close=self.closer.close
+        )
         self.reloader = Reloader(self._reloaded)
         self._reloads: queue.SimpleQueue[ReloadResult] = queue.SimpleQueue()
         self._wake = threading.Condition()
@@ -509,7 +514,7 @@ class Factory:
             thread = self._threads.pop(id(poller), None)
             if thread is not None:
                 thread.stop()
-            poller.close()
+            self.closer.close(poller.label, poller.close)
         self.observe.forget(removed)
         self.reconciler.forget(removed)
         if not self.actuator.inline:
@@ -560,7 +565,14 @@ class Factory:
             # again by the next start's adoption (pilots re-read from the backend, intents by tag)
             self._apply_completions()
             _bounded(lambda: self.recorder.commit(now), SHUTDOWN_FLUSH_S, "writing the failing store")
-        _bounded(self._close_all, SHUTDOWN_CLOSE_S, "closing plugins")
+        # the plugins still in use and those a reload dropped close side by side, in one bounded wait
+        deadline = time.monotonic() + SHUTDOWN_CLOSE_S
+        closing = threading.Thread(target=self._close_all, name="closing plugins", daemon=True)
+        closing.start()
+        self.closer.stop(SHUTDOWN_CLOSE_S)
+        closing.join(max(0.0, deadline - time.monotonic()))
+        if closing.is_alive():
+            log.warning("closing plugins took more than %.0fs; not waiting for it", SHUTDOWN_CLOSE_S)
         for observer in self.observers:
             safe(observer.on_stop)
         if not self.actuator.inline:

@@ -113,6 +113,9 @@ class StatusReport(_Record):
     daemon: dict[str, Any] | None = None
     dry_run_daemon: dict[str, Any] | None = None
     store_error: str | None = None
+    # the running daemon's own writes to its store: ok, error (no secret: the URL is redacted),
+    # failing_since, pending_writes (None when unknown, e.g. the daemon is not running)
+    daemon_store: dict[str, Any] | None = None
     failed_queues: dict[str, str] = Field(default_factory=dict)
     # auth profiles' health as the credential manager last wrote it (no secret in it)
     credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
