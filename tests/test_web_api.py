@@ -68,6 +68,7 @@ def test_status_is_what_apf_status_prints_locally_and_remotely(daemon: Daemon) -
     assert "executable" in api["queues"]["BROKEN"]["state_detail"]
     assert api["queues"]["TA"]["cascade"] == "burst"
     assert api["metrics"] == f"{daemon.url}/metrics" and api["web"] == daemon.url
+    assert api["daemon_store"]["ok"] is True  # the daemon's own writes, as apf status shows them
     remote = subprocess.run(
         [APF, "status", "--url", daemon.url, "--json"], capture_output=True, text=True, timeout=60, check=True
     )

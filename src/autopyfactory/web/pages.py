@@ -111,6 +111,8 @@ def status_report(view: FactoryView, *, metrics: str | None = None, web: str | N
             for t in health.targets
         },
         daemon_status_time=health.time,
+        # what the running daemon knows of its own store (apf status prints it when failing)
+        daemon_store={"ok": health.store.ok, "error": health.store.error},
         metrics=metrics,
         web=web,
     )
