@@ -34,14 +34,18 @@ MAX_POINTS = 3000
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
+def _pages() -> Environment:
+    """The self-contained pages' templates (both extend ``_selfcontained.html``), HTML-escaped."""
+    return Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+
+
 def render_report(report: Mapping[str, Any], *, policy: Any = None, title: str | None = None) -> str:
     """The page for one simulation report (``policy``: the ``PolicyDocument``, for quota lines)."""
     cycles = list(report.get("cycles") or [])
     tiers = list(report.get("tiers") or {})
     data = _series(cycles, tiers, report)
     limits = _monthly_limits(policy, tiers)
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    template = env.get_template("report.html")
+    template = _pages().get_template("report.html")
     vendor = HERE / "static" / "vendor"
     return template.render(
         title=title
@@ -170,28 +174,31 @@ def render_comparison(result: Mapping[str, Any], *, title: str | None = None) ->
     )
     limits: dict[str, int] = dict(result.get("quota_limits") or {})
     charts = _comparison_charts(columns, months, queues, limits)
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     vendor = HERE / "static" / "vendor"
-    return env.get_template("compare.html").render(
-        title=title or f"Comparison {result.get('start', '?')} .. {result.get('end', '?')}",
-        result=result,
-        configs=configs,
-        optimum=optimum,
-        charts=charts,
-        header=[label for label, _, _ in columns],
-        tables=[
-            (m, _metric_rows([c["months"].get(m) for _, c, _ in columns], queues, limits)) for m in months
-        ]
-        + [("total", _metric_rows([c["total"] for _, c, _ in columns], queues, limits))],
-        data_json=_script_json(
-            {
-                "months": months,
-                "series": [{"label": label, "color": color} for label, _, color in columns],
-                "charts": [{k: v for k, v in chart.items() if k != "title"} for chart in charts],
-            }
-        ),
-        uplot_js=_inline_js((vendor / "uPlot.iife.min.js").read_text()),
-        uplot_css=Markup((vendor / "uPlot.min.css").read_text()),
+    return (
+        _pages()
+        .get_template("compare.html")
+        .render(
+            title=title or f"Comparison {result.get('start', '?')} .. {result.get('end', '?')}",
+            result=result,
+            configs=configs,
+            optimum=optimum,
+            charts=charts,
+            header=[label for label, _, _ in columns],
+            tables=[
+                (m, _metric_rows([c["months"].get(m) for _, c, _ in columns], queues, limits)) for m in months
+            ]
+            + [("total", _metric_rows([c["total"] for _, c, _ in columns], queues, limits))],
+            data_json=_script_json(
+                {
+                    "months": months,
+                    "series": [{"label": label, "color": color} for label, _, color in columns],
+                    "charts": [{k: v for k, v in chart.items() if k != "title"} for chart in charts],
+                }
+            ),
+            uplot_js=_inline_js((vendor / "uPlot.iife.min.js").read_text()),
+            uplot_css=Markup((vendor / "uPlot.min.css").read_text()),
+        )
     )
 
 
