@@ -1,6 +1,6 @@
 """The Script backend: real scripts in a temp dir speaking the JSON contract, run locally and over the
 real sshd as another user; tags, idempotent create, partial fulfilment, capacity, retire, errors; a
-SIGKILL between the create and the record, then a restart that adopts (`apf run`)."""
+SIGKILL between the create and the record, then a restart that adopts (`apf run`); leaks adopted or terminated."""
 
 from __future__ import annotations
 
@@ -254,3 +254,33 @@ def test_sigkill_between_create_and_the_record_then_restart_adopts(cloud: Path, 
     assert [(i["status"], i["submitted"]) for i in store.intents(FACTORY)] == [("adopted", 3)]
     assert sorted(p["backend_id"] for p in store.pilots(FACTORY)) == sorted(created["instances"])
     assert {i["state"] for i in after["instances"].values()} == {"running"}
+
+
+def test_leaks_are_adopted_or_terminated_after_the_grace(
+    cloud: Path, make_queue: Any, make_factory: Any
+) -> None:
+    q = queue(make_queue, cloud, **{"batchstatus.script.leak_grace": "60"})
+    sub, status = plugins(q, make_factory(FACTORY))
+    (known,) = (p.backend_id for p in sub.submit(1, PilotTags(FACTORY, "SQ", "eeeeeeeeeeee"), 1000.0))
+    # two VMs carrying this factory's tags, made by the site's own command behind the factory's back
+    cmd = [sys.executable, str(cloud / "fakecloud.py"), str(cloud / "state.json")]
+
+    def behind_our_back(queue_name: str) -> str:
+        tags = {"apf:factory": FACTORY, "apf:queue": queue_name, "apf:intent": "000000000000"}
+        req = {"version": 1, "action": "create", "factory_id": FACTORY, "count": 1, "min_count": 1,
+               "intent_id": "000000000000", "tags": tags, "user_data": "", "client_token": queue_name}  # fmt: skip
+        out = subprocess.run(cmd, input=json.dumps(req), capture_output=True, text=True, check=True)
+        return str(json.loads(out.stdout)["instances"][0]["id"])
+
+    adoptable, orphan = behind_our_back("SQ"), behind_our_back("REMOVED_QUEUE")
+    status.poll(1000.0)
+    report = status.reconcile_leaks({known}, set(), {"SQ"}, now=1000.0)
+    assert [p.backend_id for p in report.adopt] == [adoptable] and report.adopt[0].queue == "SQ"
+    assert report.terminate == () and report.waiting == 1
+    report = status.reconcile_leaks({known, adoptable}, set(), {"SQ"}, now=1061.0)
+    assert report.terminate == (orphan,)
+    status.terminate(report.terminate)
+    insts = state(cloud)["instances"]
+    assert (insts[orphan]["state"], insts[orphan]["tags"].get("apf:end")) == ("terminated", "leaked")
+    assert insts[adoptable]["state"] == insts[known]["state"] == "running"
+    assert status.counters() == {"leaked": 1, "adopted": 1, "terminated_leaks": 1, "interrupted": 0}
