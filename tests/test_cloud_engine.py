@@ -1,7 +1,7 @@
 """Cloud queues in the real engine (EC2 on moto): SIGKILL between RunInstances and the record, then a
 restart that adopts and launches nothing twice; a cascade of two EC2 endpoints whose first answers
 InsufficientInstanceCapacity (through the fault proxy), spilling at the next decision pass and draining the
-costlier tier first."""
+costlier tier first; two queues on one endpoint sharing one poller (one DescribeInstances per poll)."""
 
 from __future__ import annotations
 
