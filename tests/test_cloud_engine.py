@@ -1,7 +1,7 @@
 """Cloud queues in the real engine (EC2 on moto): SIGKILL between RunInstances and the record, then a
 restart that adopts and launches nothing twice; a cascade of two EC2 endpoints whose first answers
 InsufficientInstanceCapacity (through the fault proxy), spilling at the next decision pass and draining the
-costlier tier first."""
+costlier tier first; two queues on one endpoint sharing one poller (one DescribeInstances per poll)."""
 
 from __future__ import annotations
 
@@ -337,3 +337,59 @@ def test_the_daemon_adopts_and_terminates_leaks_and_reports_an_interruption(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_queues_on_one_endpoint_share_one_status_poll(ec2: EC2Server, tmp_path: Path) -> None:
+    # A and B: the same endpoint (the fault proxy, which counts requests by action), region and auth
+    # profile; C: another region of the same moto (directly, not through the proxy): its own poller
+    path = conf(
+        tmp_path,
+        f"""
+        [DEFAULT]
+        enabled = True
+        apfqueue.sleep = 0.5
+        wmsstatusplugin = Sim
+        wmsstatus.sim.activated = 2
+        wmsstatus.sim.consume = True
+        schedplugin = Ready
+
+        [A]
+        wmsqueue = A
+        {ec2_keys(ec2, url=ec2.proxy_url)}
+
+        [B]
+        wmsqueue = B
+        {ec2_keys(ec2, url=ec2.proxy_url)}
+
+        [C]
+        wmsqueue = C
+        {ec2_keys(ec2, region="us-west-2")}
+        """,
+    )
+    factory = Factory(load_factory_config(str(path)))
+    try:
+        queues = factory.state.queues
+        shared = queues["A"].batch_poller
+        assert queues["B"].batch_poller is shared and queues["C"].batch_poller is not shared
+        batch = [p for p in factory.pollers.values() if p.kind == "batchstatus"]
+        assert len(batch) == 2 and shared in batch
+        before = shared.status.polls
+
+        def both_listed() -> bool:
+            factory.step(poll_all=True)
+            queues_seen = {p.queue for p in (shared.latest.pilots if shared.latest else ())}
+            return queues_seen == {"A", "B"}
+
+        wait_for(both_listed, 60, "one poll to list the VMs of both queues")
+        polls = shared.status.polls - before
+        assert polls >= 1
+        # one DescribeInstances per poll of that endpoint serves both queues (and no other call lists them)
+        assert ec2.requests().get("DescribeInstances") == polls, ec2.requests()
+        assert ec2.requests().get("RunInstances") == 2  # one launch per queue
+        assert len(ec2.instances(**{"tag_apf:queue": "A"})) == 2
+        assert len(ec2.instances(**{"tag_apf:queue": "B"})) == 2
+        assert len(ec2.instances(region="us-west-2", **{"tag_apf:queue": "C"})) == 2
+    finally:
+        factory.shutdown()

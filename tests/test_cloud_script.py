@@ -1,20 +1,26 @@
 """The Script backend: real scripts in a temp dir speaking the JSON contract, run locally and over the
-real sshd as another user; tags, idempotent create, partial fulfilment, capacity, retire, errors."""
+real sshd as another user; tags, idempotent create, partial fulfilment, capacity, retire, errors; a
+SIGKILL between the create and the record, then a restart that adopts (`apf run`); leaks adopted or terminated."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from autopyfactory.config.loader import load_factory_config
 from autopyfactory.model import PilotState, PilotTags
 from autopyfactory.plugins.base import BackendError
 from autopyfactory.plugins.cloud.script import ScriptStatus, ScriptSubmit
-from tests.helpers import write
+from autopyfactory.store.api import Store
+from tests.helpers import factory_conf, write
 
 FACTORY = "cloudtest"
 
@@ -36,6 +42,7 @@ with open(state_path + ".lock", "a") as lock:
     if req.get("version") != 1 or req.get("factory_id") is None:
         print(json.dumps({"error": "bad request"})); sys.exit(2)
     if action == "create":
+        state.setdefault("creates", []).append(req["intent_id"])  # every create call, for the tests
         token = req["client_token"]
         if token not in state["tokens"]:
             live = sum(1 for i in insts.values() if i["state"] != "terminated")
@@ -195,3 +202,85 @@ def test_over_ssh_as_another_user(cloud: Path, ssh_target: Any, make_queue: Any,
         pilots[0].backend_id
     ] is PilotState.DONE
     shutil.rmtree(remote)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigkill_between_create_and_the_record_then_restart_adopts(cloud: Path, tmp_path: Path) -> None:
+    apf = str(Path(sys.executable).parent / "apf")
+    cmd = f"python3 {cloud / 'fakecloud.py'} {cloud / 'state.json'}"
+    path = factory_conf(
+        tmp_path,
+        f"""
+        [SQ]
+        enabled = True
+        apfqueue.sleep = 0.5
+        wmsqueue = SQ
+        wmsstatusplugin = Sim
+        wmsstatus.sim.activated = 3
+        wmsstatus.sim.consume = True
+        schedplugin = Ready
+        batchsubmitplugin = Script
+        batchstatusplugin = Script
+        batchsubmit.script.create = {cmd}
+        batchsubmit.script.status = {cmd}
+        batchsubmit.script.retire = {cmd}
+        batchsubmit.script.terminate = {cmd}
+        """,
+        # no status poll between the create and the crash (it would adopt the VMs before the crash)
+        extra="batchstatus.script.sleep = 300\n",
+        factory_id=FACTORY,
+    )
+    crashed = subprocess.run(
+        [apf, "run", "--conf", str(path), "--no-table", "--log", str(tmp_path / "apf.log")],
+        env={**os.environ, "APF_FAULT": "crash-after-submit"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr  # died right after the create
+    store = Store(load_factory_config(str(path)).settings.database_url())
+    (intent,) = store.intents(FACTORY)
+    assert intent["status"] == "open" and store.pilots(FACTORY) == []  # the crash came before the record
+    created = state(cloud)
+    assert created["creates"] == [intent["id"]] and len(created["instances"]) == 3
+    out = subprocess.run(
+        [apf, "run", "--conf", str(path), "--once", "--no-table"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # adopted by their tags; the create command was not run again (not even with the same token)
+    after = state(cloud)
+    assert after["creates"] == [intent["id"]] and after["instances"].keys() == created["instances"].keys()
+    assert [(i["status"], i["submitted"]) for i in store.intents(FACTORY)] == [("adopted", 3)]
+    assert sorted(p["backend_id"] for p in store.pilots(FACTORY)) == sorted(created["instances"])
+    assert {i["state"] for i in after["instances"].values()} == {"running"}
+
+
+def test_leaks_are_adopted_or_terminated_after_the_grace(
+    cloud: Path, make_queue: Any, make_factory: Any
+) -> None:
+    q = queue(make_queue, cloud, **{"batchstatus.script.leak_grace": "60"})
+    sub, status = plugins(q, make_factory(FACTORY))
+    (known,) = (p.backend_id for p in sub.submit(1, PilotTags(FACTORY, "SQ", "eeeeeeeeeeee"), 1000.0))
+    # two VMs carrying this factory's tags, made by the site's own command behind the factory's back
+    cmd = [sys.executable, str(cloud / "fakecloud.py"), str(cloud / "state.json")]
+
+    def behind_our_back(queue_name: str) -> str:
+        tags = {"apf:factory": FACTORY, "apf:queue": queue_name, "apf:intent": "000000000000"}
+        req = {"version": 1, "action": "create", "factory_id": FACTORY, "count": 1, "min_count": 1,
+               "intent_id": "000000000000", "tags": tags, "user_data": "", "client_token": queue_name}  # fmt: skip
+        out = subprocess.run(cmd, input=json.dumps(req), capture_output=True, text=True, check=True)
+        return str(json.loads(out.stdout)["instances"][0]["id"])
+
+    adoptable, orphan = behind_our_back("SQ"), behind_our_back("REMOVED_QUEUE")
+    status.poll(1000.0)
+    report = status.reconcile_leaks({known}, set(), {"SQ"}, now=1000.0)
+    assert [p.backend_id for p in report.adopt] == [adoptable] and report.adopt[0].queue == "SQ"
+    assert report.terminate == () and report.waiting == 1
+    report = status.reconcile_leaks({known, adoptable}, set(), {"SQ"}, now=1061.0)
+    assert report.terminate == (orphan,)
+    status.terminate(report.terminate)
+    insts = state(cloud)["instances"]
+    assert (insts[orphan]["state"], insts[orphan]["tags"].get("apf:end")) == ("terminated", "leaked")
+    assert insts[adoptable]["state"] == insts[known]["state"] == "running"
+    assert status.counters() == {"leaked": 1, "adopted": 1, "terminated_leaks": 1, "interrupted": 0}
