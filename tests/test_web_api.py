@@ -9,8 +9,8 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
