@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -353,6 +354,15 @@ TIGHT = """
     tiers:
       - {queue: QA, quotas: [{per: month, pilots: 2}], spill_on: [quota], cost_per_hour: 36.0}
       - {queue: QB, cap: 1}
+  - name: refused
+    demand: REFUSED
+    tiers:
+      - {queue: RA, spill_on: [backoff]}
+      - {queue: RB, cap: 1}
+  - name: shrink
+    demand: SHRINK
+    tiers:
+      - {queue: SA}
 """
 
 
@@ -361,7 +371,12 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose things go wrong: FAILQ's Local submissions fail (its log directory cannot
     be made: a file is in the way), SOONQ's and PASTQ's PanDA server is unreachable and their
     Token profiles expire soon or expired, the monitor's URL carries user:password, and cascade
-    "tight" has a tier whose monthly quota (2 pilots) is spent before its demand (4) is met."""
+    "tight" has a tier whose monthly quota (2 pilots) is spent before its demand (4) is met.
+    Cascade "refused": RA's Sim site refuses every submission for its first hour (a capacity
+    error), so RA is backed off and RB takes what its cap of 1 allows (1 of the demand of 2 stays
+    unmet, so the demand keeps reaching RA). Cascade "shrink": SA's demand is 2 for
+    20 s, then 0 for 20 s, over and over; its site has no slots, so its pilots stay pending and
+    are cancelled (the tier drains) each time the demand drops."""
     base = tmp_path_factory.mktemp("webtrouble")
     extra = """
     [FAILQ]
@@ -396,6 +411,31 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     batchstatusplugin = Sim
     batchsubmitplugin = Sim
     batchsubmit.sim.runtime = 1h
+
+    [RA]
+    wmsqueue = REFUSED
+    wmsstatus.sim.activated = 2
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.refuse = 0-1h
+    batchsubmit.sim.runtime = 1h
+
+    [RB]
+    wmsqueue = REFUSED
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    # no slots: RB's pilots stay pending and take no jobs, so the demand keeps reaching RA
+    batchsubmit.sim.capacity = 0
+
+    [SA]
+    wmsqueue = SHRINK
+    wmsstatus.sim.steps = 0:2, 20:0
+    wmsstatus.sim.period = 40
+    # the cascade decides every 8 s: "draining" stays shown until the decision after the drop
+    apfqueue.sleep = 8
+    batchstatusplugin = Sim
+    batchsubmitplugin = Sim
+    batchsubmit.sim.capacity = 0
     """
     conf = write_config(base, web_queues(base, extra=extra), "monitorConf = monitor.conf\n")
     write(base / "policy.yaml", POLICY + TIGHT)
@@ -453,15 +493,15 @@ def test_a_failing_target_backs_its_queue_off(troubled: Daemon) -> None:
     assert failq["state_detail"].startswith("local:FAILQ: cannot create the log directory")
     assert re.search(r"\(until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$", failq["state_detail"])
     assert failq["binding"] == "Ready" and failq["last_n"] == 2  # the decision was made; the action failed
-    listed = get_json(f"{troubled.url}/api/v1/queues?state={quote('backing off')}")
-    assert [q["name"] for q in listed["items"]] == ["FAILQ"]
+    listed = get_json(f"{troubled.url}/api/v1/queues?state={quote('backing off')}&sort=name")
+    assert [q["name"] for q in listed["items"]] == ["FAILQ", "RA"]  # RA: a backed-off cascade tier
     status, _, body = get(f"{troubled.url}/?state={quote('backing off')}")
     assert status == 200 and b'<tr class="state-backing-off">' in body
     assert b"cannot create the log directory" in body and b">FAILQ</a>" in body
     assert b"<td>Ready</td>" in body  # the binding column: Ready set n (MaxPerCycle allows 5)
     health = get_json(f"{troubled.url}/api/v1/health")
-    (target,) = health["targets"]
-    assert target["target"] == "local:FAILQ" and target["failures"] >= 1
+    (target,) = [t for t in health["targets"] if t["target"] == "local:FAILQ"]
+    assert target["failures"] >= 1
     assert "cannot create the log directory" in target["error"] and target["backoff_until"] > 0
     page = get(f"{troubled.url}/health")[2].decode()
     targets = page.split('id="targets"', 1)[1].split("</table>", 1)[0]
@@ -550,3 +590,56 @@ def test_a_tier_out_of_quota_and_what_its_pilots_cost(troubled: Daemon) -> None:
     tight = page.split('id="cascade-tight"', 1)[1]
     assert re.search(r'<tr class="tier tier-out-of-quota">\s*<td>1</td>\s*<td><a [^>]*>QA</a>', tight)
     assert '<span class="bad">exhausted</span>' in tight.split("</figcaption>", 1)[0]
+
+
+def _tier_row(page: str, cascade: str, queue: str) -> str:
+    """The tier row of ``queue`` in cascade ``cascade`` on the cascade page."""
+    section = page.split(f'id="cascade-{cascade}"', 1)[1].split("</table>", 1)[0]
+    (row,) = [r for r in section.split("<tr ")[1:] if f">{queue}</a>" in r]
+    return "<tr " + row.split("</tr>", 1)[0]
+
+
+def test_a_refused_tier_is_backed_off_and_its_demand_moves_on(troubled: Daemon) -> None:
+    url = f"{troubled.url}/api/v1/cascades/refused"
+    # RB's Sim pilots show up in a batch poll after the spill: wait for the cascade to see them
+    wait_for(lambda: get_json(url)["supply"] == 1, 60, "RB holding 1 pilot of the 2 RA refused")
+    c = get_json(url)
+    ra, rb = c["tiers"]
+    assert (ra["queue"], ra["status"], rb["queue"]) == ("RA", "backed off", "RB")
+    assert ra["backoff_until"] > c["time"] and ra["submit"] == 0 and c["unmet"] == 1
+    assert "backed off for" in ra["reason"]
+    assert rb["status"] == "capped" and (rb["pending"], rb["running"]) == (1, 0)
+    # the refusal is the cascade's event, with the site's own words
+    refusals = [e["message"] for e in c["events"] if e["kind"] == "backoff"]
+    assert any("tier RA backed off" in m and "no capacity" in m for m in refusals), refusals
+    ra_queue = get_json(f"{troubled.url}/api/v1/queues/RA")["summary"]
+    assert ra_queue["state"] == "backing off"
+    page = get(f"{troubled.url}/cascades")[2].decode()
+    row = _tier_row(page, "refused", "RA")
+    assert row.startswith('<tr class="tier tier-backed-off">')
+    assert '<span class="status">backed off</span>' in row and '<div class="detail">until ' in row
+    assert '<tr class="tier tier-capped">' in _tier_row(page, "refused", "RB")
+
+
+def test_a_tier_whose_demand_dropped_is_draining(troubled: Daemon) -> None:
+    url = f"{troubled.url}/api/v1/cascades/shrink"
+
+    def draining() -> tuple[dict[str, Any], str] | None:
+        # SA drains for one decision (8 s) in every 40 s period: both reads must see that one
+        before = get_json(url)
+        page = get(f"{troubled.url}/cascades")[2].decode()
+        after = get_json(url)
+        if before["time"] != after["time"] or before["tiers"][0]["status"] != "draining":
+            return None
+        return after, page
+
+    c, page = wait_for(draining, 150, "tier SA draining when its demand dropped", interval=0.5)
+    (sa,) = c["tiers"]
+    assert c["demand"] == 0 and sa["queue"] == "SA"
+    assert sa["cancel"] == 2 and sa["submit"] == 0 and sa["retire"] == 0
+    assert sa["reason"].startswith("demand below supply: cancels 2")
+    drains = [e for e in c["events"] if e["kind"] == "drain"]
+    assert drains and "SA: gives back 2 (cancels 2)" in drains[0]["message"]
+    row = _tier_row(page, "shrink", "SA")
+    assert row.startswith('<tr class="tier tier-draining">')
+    assert '<span class="status">draining</span>' in row and "demand below supply: cancels 2" in row

@@ -295,3 +295,56 @@ def test_log_server_defaults_refuse_listings_and_robots(tmp_path: Path) -> None:
         assert get(f"{server.url}/2027-01-05/a%26b.log")[2] == b"x\n"
     finally:
         assert server.stop()
+
+
+def test_health_shows_a_store_whose_file_cannot_be_read(tmp_path: Path) -> None:
+    """The factory's SQLite file replaced by one that is not a database (its own connections keep
+    the old file): health, its API and its page say the store is unreachable and why, and say it
+    is reachable again once the file is back."""
+    from autopyfactory.config.loader import load_factory_config
+    from autopyfactory.engine.factory import Factory
+    from autopyfactory.web.app import create_app
+    from autopyfactory.web.engine_view import EngineView
+    from tests.helpers import factory_conf
+    from tests.webhelpers import get, get_json
+
+    conf = factory_conf(
+        tmp_path,
+        """
+        [Q]
+        wmsqueue = Q
+        wmsstatusplugin = Sim
+        wmsstatus.sim.activated = 0
+        batchstatusplugin = Sim
+        batchsubmitplugin = Sim
+        schedplugin = Ready
+        """,
+    )
+    factory = Factory(load_factory_config(str(conf)))
+    view = EngineView(factory)
+    server = WebServer(create_app(view), "127.0.0.1", 0, name="health test").start()
+    state = tmp_path / "state"
+    try:
+        assert (tmp_path / "state" / "apf.db").is_file()
+        state.rename(tmp_path / "state.away")
+        state.mkdir()
+        (state / "apf.db").write_bytes(b"this is not an SQLite database\n" * 200)
+        store = get_json(f"{server.url}/api/v1/health")["store"]
+        assert store["ok"] is False and store["latency_ms"] is None
+        assert store["error"] == "store query failed: file is not a database"
+        assert store["url"] == f"sqlite:///{state / 'apf.db'}"
+        page = get(f"{server.url}/health")[2].decode()
+        shown = page.split('id="store"', 1)[1].split("</table>", 1)[0]
+        assert '<td class="bad">unreachable: store query failed: file is not a database</td>' in shown
+        # the file back: reachable again (a failed read leaves no broken connection behind)
+        for leftover in state.iterdir():
+            leftover.unlink()
+        state.rmdir()
+        (tmp_path / "state.away").rename(state)
+        store = get_json(f"{server.url}/api/v1/health")["store"]
+        assert store["ok"] is True and store["error"] is None and store["latency_ms"] is not None
+        assert '<td class="good">reachable, ' in get(f"{server.url}/health")[2].decode()
+    finally:
+        server.stop()
+        view.close()
+        factory.shutdown()
