@@ -14,20 +14,30 @@ from autopyfactory.plugins.auth.cloudkey import CloudKeyOptions
 from autopyfactory.plugins.auth.ssh import SSH, SSHOptions
 
 
-def private_file_problem(path: Path, private: bool = True) -> str | None:
-    """Why a key file is not usable (missing, unreadable, empty, or, when ``private``, open to others)."""
+def read_private_file(path: Path, private: bool = True) -> tuple[bytes | None, str | None]:
+    """(contents, None), or (None, why the file is not usable: missing, unreadable, empty, or, when
+    ``private``, open to others). One read, so a file replaced or removed meanwhile is never half
+    checked."""
     try:
         st = path.stat()
         data = path.read_bytes()
     except FileNotFoundError:
-        return f"{path} does not exist"
+        return None, f"{path} does not exist"
     except OSError as exc:
-        return f"{path} cannot be read: {exc.strerror}"
+        return None, f"{path} cannot be read: {exc.strerror}"
     if not data.strip():
-        return f"{path} is empty"
+        return None, f"{path} is empty"
     if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}; use 0600)"
-    return None
+        return (
+            None,
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o}; use 0600)",
+        )
+    return data, None
+
+
+def private_file_problem(path: Path, private: bool = True) -> str | None:
+    """Why a key file is not usable, or None."""
+    return read_private_file(path, private)[1]
 
 
 class SSHKeyCredential(ManagedCredential):
@@ -44,11 +54,10 @@ class SSHKeyCredential(ManagedCredential):
         if o.privkeypass is not None:
             return o.privkeypass.get_secret_value(), None
         if o.privkeypassfile:
-            path = Path(o.privkeypassfile).expanduser()
-            problem = private_file_problem(path)
-            if problem:
+            text, problem = read_private_file(Path(o.privkeypassfile).expanduser())
+            if text is None:
                 return None, f"passphrase file {problem}"
-            return path.read_text().rstrip("\r\n"), None
+            return text.decode("utf-8", "replace").rstrip("\r\n"), None
         return None, None
 
     def inspect(self, now: float) -> CredentialHealth:
@@ -70,10 +79,10 @@ class SSHKeyCredential(ManagedCredential):
         elif o.privatekeyfile:
             path = Path(o.privatekeyfile).expanduser()
             where = str(path)
-            problem = private_file_problem(path)
-            if problem:
+            key, problem = read_private_file(path)
+            if key is None:
                 return self.health(HealthState.FAILING, now, error=problem)
-            data = path.read_bytes()
+            data = key
         else:
             return self.health(
                 HealthState.FAILING, now, error="neither ssh.privatekeyfile nor ssh.privatekey is set"
