@@ -235,7 +235,7 @@ def test_cli_check_against_queue_sections(tmp_path: Path, capsys: pytest.Capture
 
 
 def _warnings(text: str, sites: dict | None = None) -> list[str]:
-    from autopyfactory.config.policy import policy_warnings
+    from autopyfactory.config.policy_checks import policy_warnings
 
     return [str(p) for p in policy_warnings(parse_policy(text, file="p.yaml"), file="p.yaml", sites=sites)]
 
@@ -243,7 +243,7 @@ def _warnings(text: str, sites: dict | None = None) -> list[str]:
 def test_policy_check_warns_about_combinations_that_defeat_the_intent(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from autopyfactory.config.policy import SiteFacts
+    from autopyfactory.config.policy_checks import SiteFacts
 
     # the case: a cap above what the site can run, spilling on capped
     warnings = _warnings(

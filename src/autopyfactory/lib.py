@@ -33,7 +33,8 @@ from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.config.ini import interpolate, read_documents
 from autopyfactory.config.loader import build_queues
 from autopyfactory.config.models import FactoryConfig, FactorySettings
-from autopyfactory.config.policy import PolicyDocument, Tier, check_queues, parse_policy
+from autopyfactory.config.policy import PolicyDocument, Tier, parse_policy
+from autopyfactory.config.policy_checks import check_queues
 from autopyfactory.config.sources import SourceText
 from autopyfactory.config.validate import validate_model
 from autopyfactory.engine import plan as planner

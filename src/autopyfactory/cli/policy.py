@@ -10,12 +10,10 @@ from typing import Any
 from autopyfactory.config.errors import ConfigError, ConfigProblem
 from autopyfactory.config.policy import (
     PolicyDocument,
-    SiteFacts,
-    check_queues,
     load_policy,
     policy_json_schema,
-    policy_warnings,
 )
+from autopyfactory.config.policy_checks import SiteFacts, check_queues, policy_warnings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 from autopyfactory.cli._common import load_or_report
 from autopyfactory.config.errors import ConfigError
 from autopyfactory.config.models import FactoryConfig
-from autopyfactory.config.policy import PolicyDocument, check_queues, load_policy
+from autopyfactory.config.policy import PolicyDocument, load_policy
+from autopyfactory.config.policy_checks import check_queues
 from autopyfactory.decide.periods import parse_duration, parse_time
 from autopyfactory.sim.runner import Simulation
 from autopyfactory.sim.trace import DemandTrace, read_trace

@@ -414,7 +414,8 @@ def load_factory_config(
                 )
     policy = None
     if settings.policyConf:
-        from autopyfactory.config.policy import check_queues, load_policy
+        from autopyfactory.config.policy import load_policy
+        from autopyfactory.config.policy_checks import check_queues
 
         try:
             if not settings.policyConf.startswith(("http://", "https://")):
